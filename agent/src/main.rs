@@ -1,0 +1,2 @@
+//! flotillad: the flotilla agent.
+fn main() {}

@@ -1,0 +1,2 @@
+//! flotctl: the command-line client of a flotilla cluster.
+fn main() {}

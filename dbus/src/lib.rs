@@ -1,0 +1,1 @@
+//! flotilla's D-Bus contract: the `org.flotilla.Agent1` interface and proxies for systemd.

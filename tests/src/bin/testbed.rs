@@ -1,0 +1,2 @@
+//! `testbed`: bring a cluster of systemd machines up and down.
+fn main() {}

@@ -1,0 +1,1 @@
+//! The testbed: machines that run real systemd, in namespaces on this machine.

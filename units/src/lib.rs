@@ -1,0 +1,1 @@
+//! systemd unit files as flotilla understands them: parsing, validation and serialization.
