@@ -13,9 +13,10 @@
 //!
 //! # Current limitations
 //!
-//! Only the key space ([`kv`]) is replicated so far; units and machines follow.
+//! The key space ([`kv`]) and the machine registry ([`machines`]); units follow.
 
 pub mod kv;
+pub mod machines;
 
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +30,8 @@ pub enum Command {
         /// The leader's clock when it proposed the expiry.
         now_ms: u64,
     },
+    /// A change to the machine registry (join, heartbeat seen again, lost, removed).
+    Machine(machines::Change),
 }
 
 /// What applying a [`Command`] produced.
@@ -38,6 +41,8 @@ pub enum Response {
     Kv(Result<kv::Event, kv::Error>),
     /// The keys a [`Command::Expire`] removed, one event each.
     Expired(Vec<kv::Event>),
+    /// Whether a [`Command::Machine`] changed the registry.
+    Machine(bool),
 }
 
 /// The whole replicated state.
@@ -45,6 +50,8 @@ pub enum Response {
 pub struct State {
     /// The etcd v2 key space.
     pub kv: kv::Store,
+    /// The machines of the cluster.
+    pub machines: machines::Machines,
 }
 
 impl State {
@@ -53,6 +60,7 @@ impl State {
         match cmd {
             Command::Kv(w) => Response::Kv(self.kv.apply(w)),
             Command::Expire { now_ms } => Response::Expired(self.kv.expire(*now_ms)),
+            Command::Machine(c) => Response::Machine(self.machines.apply(c)),
         }
     }
 }
