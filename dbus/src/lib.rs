@@ -1,1 +1,2 @@
 //! flotilla's D-Bus contract: the `org.flotilla.Agent1` interface and proxies for systemd.
+pub mod systemd1;

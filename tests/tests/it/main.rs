@@ -1,0 +1,2 @@
+mod systemd1;
+mod testbed;
