@@ -11,9 +11,41 @@
 //! **Architecture invariant**: this crate knows nothing of Raft, HTTP, D-Bus or async. The agent
 //! proposes commands through Raft and calls [`State::apply`] once per committed entry.
 //!
+//! The key space ([`kv`]) carries its own watch history (the last 1000 events), so a
+//! `waitIndex` watch is answered alike by every replica and survives a snapshot.
+//!
 //! # Current limitations
 //!
-//! The key space ([`kv`]) and the machine registry ([`machines`]); units follow.
+//! The key space ([`kv`]) and the machine registry ([`machines`]); units follow. See [`kv`]
+//! for where the key space knowingly differs from etcd.
+//!
+//! # Example usage
+//!
+//! ```
+//! use flotilla_state::kv::{Preconditions, Write, WriteOp};
+//! use flotilla_state::{Command, Response, State};
+//!
+//! let mut state = State::default();
+//! let set = WriteOp::Set {
+//!     value: "Hello world!".into(),
+//!     dir: false,
+//!     ttl: None,
+//!     refresh: false,
+//!     prev: Preconditions::default(),
+//! };
+//! let now_ms = 1_795_558_649_452;
+//! let Response::Kv(Ok(event)) = state.apply(&Command::Kv(Write::new("/message", set, now_ms)))
+//! else {
+//!     panic!("a set of a new key succeeds")
+//! };
+//! assert_eq!(event.http_status(), 201);
+//! let read = state.kv.get("/message", false, false).unwrap();
+//! assert_eq!(
+//!     read.render(now_ms, false),
+//!     "{\"action\":\"get\",\"node\":{\"key\":\"/message\",\"value\":\"Hello world!\",\
+//!      \"modifiedIndex\":1,\"createdIndex\":1}}\n"
+//! );
+//! ```
 
 pub mod kv;
 pub mod machines;
@@ -35,6 +67,8 @@ pub enum Command {
 }
 
 /// What applying a [`Command`] produced.
+// A response lives only until the agent answers the client; boxing the event buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     /// The outcome of a [`Command::Kv`] write: its event, or the etcd error.

@@ -98,3 +98,115 @@ impl Machines {
 fn same_record(a: &Machine, b: &Machine) -> bool {
     a.machine_id == b.machine_id && a.addr == b.addr && a.metadata == b.metadata
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine(name: &str, addr: &str) -> Machine {
+        Machine {
+            name: name.into(),
+            machine_id: "0123456789abcdef0123456789abcdef".into(),
+            addr: addr.into(),
+            metadata: BTreeMap::from([("region".to_owned(), "east".to_owned())]),
+            // Ignored by Change::Up.
+            status: Status::Lost,
+            since_ms: 7,
+        }
+    }
+
+    fn up(name: &str, addr: &str, now_ms: u64) -> Change {
+        Change::Up {
+            machine: machine(name, addr),
+            now_ms,
+        }
+    }
+
+    #[test]
+    fn up_registers_with_status_up_at_now() {
+        let mut m = Machines::default();
+        assert!(m.apply(&up("node1", "10.0.0.1", 100)));
+        let node = &m.by_name["node1"];
+        assert_eq!((node.status, node.since_ms), (Status::Up, 100));
+    }
+
+    #[test]
+    fn identical_up_changes_nothing() {
+        let mut m = Machines::default();
+        m.apply(&up("node1", "10.0.0.1", 100));
+        let before = m.clone();
+        assert!(!m.apply(&up("node1", "10.0.0.1", 200)));
+        assert_eq!(m, before, "since_ms is kept");
+    }
+
+    #[test]
+    fn changed_address_or_metadata_is_a_change() {
+        let mut m = Machines::default();
+        m.apply(&up("node1", "10.0.0.1", 100));
+        assert!(m.apply(&up("node1", "10.0.0.2", 200)));
+        assert_eq!(
+            (
+                m.by_name["node1"].addr.as_str(),
+                m.by_name["node1"].since_ms
+            ),
+            ("10.0.0.2", 200)
+        );
+        let mut other = machine("node1", "10.0.0.2");
+        other.metadata.insert("disk".into(), "ssd".into());
+        assert!(m.apply(&Change::Up {
+            machine: other,
+            now_ms: 300
+        }));
+        assert_eq!(m.by_name["node1"].metadata.len(), 2);
+    }
+
+    #[test]
+    fn lost_then_up_again() {
+        let mut m = Machines::default();
+        m.apply(&up("node1", "10.0.0.1", 100));
+        assert!(m.apply(&Change::Lost {
+            name: "node1".into(),
+            now_ms: 500
+        }));
+        assert_eq!(
+            (m.by_name["node1"].status, m.by_name["node1"].since_ms),
+            (Status::Lost, 500)
+        );
+        // Lost twice is no change; the first time is kept.
+        assert!(!m.apply(&Change::Lost {
+            name: "node1".into(),
+            now_ms: 600
+        }));
+        assert_eq!(m.by_name["node1"].since_ms, 500);
+        // Seen again with the same record: up again.
+        assert!(m.apply(&up("node1", "10.0.0.1", 700)));
+        assert_eq!(
+            (m.by_name["node1"].status, m.by_name["node1"].since_ms),
+            (Status::Up, 700)
+        );
+    }
+
+    #[test]
+    fn unknown_machines_are_no_change() {
+        let mut m = Machines::default();
+        assert!(!m.apply(&Change::Lost {
+            name: "ghost".into(),
+            now_ms: 1
+        }));
+        assert!(!m.apply(&Change::Remove {
+            name: "ghost".into()
+        }));
+        assert!(m.by_name.is_empty());
+    }
+
+    #[test]
+    fn remove() {
+        let mut m = Machines::default();
+        m.apply(&up("node1", "10.0.0.1", 100));
+        m.apply(&up("node2", "10.0.0.2", 100));
+        assert!(m.apply(&Change::Remove {
+            name: "node1".into()
+        }));
+        assert_eq!(m.by_name.keys().collect::<Vec<_>>(), ["node2"]);
+    }
+}
