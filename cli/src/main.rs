@@ -10,7 +10,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod cat;
 mod completions;
+mod kv;
 mod man;
+mod member;
 mod unit_files;
 mod verify;
 
@@ -63,6 +65,8 @@ macro_rules! commands {
 commands! {
     Verify => verify,
     Cat => cat,
+    Kv => kv,
+    Member => member,
     Completions => completions,
     Man => man,
 }

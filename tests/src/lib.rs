@@ -1,2 +1,5 @@
 //! The testbed: machines that run real systemd, in namespaces on this machine.
+pub mod agents;
+pub mod etcd;
+pub mod registry;
 pub mod testbed;

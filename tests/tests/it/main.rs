@@ -1,2 +1,5 @@
+mod cluster;
+mod images;
+mod kv;
 mod systemd1;
 mod testbed;

@@ -1,0 +1,123 @@
+//! `/v2/members`: the member list etcdctl syncs its endpoints from, and member add/remove.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::{Value, json as j};
+
+use super::{Api, json};
+use crate::cluster::{Error, MemberInfo};
+use crate::raft::{Member, id_hex, node_id};
+
+fn member_json(m: &MemberInfo) -> Value {
+    j!({
+        "id": id_hex(m.id),
+        "name": m.member.name,
+        "peerURLs": [format!("http://{}", m.member.peer_addr)],
+        "clientURLs": m.member.client_urls,
+        "isLearner": !m.voter,
+    })
+}
+
+fn message(status: StatusCode, msg: String) -> Response {
+    json(status, HeaderMap::new(), &j!({ "message": msg }))
+}
+
+fn cluster_error(e: Error) -> Response {
+    match e {
+        Error::Rejected(m) => message(StatusCode::CONFLICT, m),
+        Error::NoLeader(m) | Error::Raft(m) => message(StatusCode::INTERNAL_SERVER_ERROR, m),
+    }
+}
+
+/// `GET /v2/members`.
+pub(super) async fn list(State(api): State<Api>) -> Response {
+    let members: Vec<Value> = api.cluster.members().iter().map(member_json).collect();
+    json(
+        StatusCode::OK,
+        HeaderMap::new(),
+        &j!({ "members": members }),
+    )
+}
+
+/// `GET /v2/members/leader`.
+pub(super) async fn leader(State(api): State<Api>) -> Response {
+    let leader = api.cluster.leader();
+    match api.cluster.members().iter().find(|m| Some(m.id) == leader) {
+        Some(m) => json(StatusCode::OK, HeaderMap::new(), &member_json(m)),
+        None => message(StatusCode::SERVICE_UNAVAILABLE, "no leader".into()),
+    }
+}
+
+#[derive(Deserialize)]
+struct AddRequest {
+    #[serde(rename = "peerURLs")]
+    peer_urls: Vec<String>,
+    /// flotilla needs the name up front: it determines the member id.
+    name: Option<String>,
+}
+
+/// `POST /v2/members` with `{"name": "...", "peerURLs": ["http://host:2380"]}`: registers a
+/// member that will start with `[cluster] join`.
+pub(super) async fn add(State(api): State<Api>, body: Bytes) -> Response {
+    let req: AddRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return message(
+                StatusCode::BAD_REQUEST,
+                format!("invalid member request: {e}"),
+            );
+        }
+    };
+    let Some(name) = req.name.filter(|n| !n.is_empty()) else {
+        return message(
+            StatusCode::BAD_REQUEST,
+            "a member name is required (it determines the member id)".into(),
+        );
+    };
+    let [peer] = req.peer_urls.as_slice() else {
+        return message(
+            StatusCode::BAD_REQUEST,
+            "exactly one peer URL is required".into(),
+        );
+    };
+    let peer_addr = peer
+        .strip_prefix("http://")
+        .unwrap_or(peer)
+        .trim_end_matches('/')
+        .to_string();
+    let member = Member {
+        name,
+        peer_addr,
+        client_urls: Vec::new(),
+    };
+    let info = MemberInfo {
+        id: node_id(&member.name),
+        member: member.clone(),
+        voter: false,
+    };
+    match api.cluster.add_learner(member).await {
+        Ok(()) => json(StatusCode::CREATED, HeaderMap::new(), &member_json(&info)),
+        Err(e) => cluster_error(e),
+    }
+}
+
+/// `DELETE /v2/members/ID` (ID in hex, or the member's name).
+pub(super) async fn remove(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    let members = api.cluster.members();
+    let found = members
+        .iter()
+        .find(|m| id_hex(m.id) == id || m.member.name == id);
+    let Some(m) = found else {
+        return message(StatusCode::NOT_FOUND, format!("No such member: {id}"));
+    };
+    match api.cluster.remove(m.id).await {
+        Ok(()) => Response::builder()
+            .status(StatusCode::NO_CONTENT)
+            .body(axum::body::Body::empty())
+            .unwrap_or_default(),
+        Err(e) => cluster_error(e),
+    }
+}

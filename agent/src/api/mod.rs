@@ -1,0 +1,156 @@
+//! The client HTTP API on port 2379: etcd's v2 keys API and what `etcdctl` (v2) calls around
+//! it (`/version`, `/health`, `/v2/members`, `/v2/stats/*`), and flotilla's own
+//! `/flotilla/v1/machines`.
+
+mod keys;
+mod machines;
+mod members;
+mod stats;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::Cluster;
+use crate::raft::{id_hex, node_id};
+
+/// The etcd server version this API reports (the v2 API of etcd 3.4).
+pub(crate) const ETCD_VERSION: &str = "3.4.30";
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct Api {
+    pub(crate) cluster: Cluster,
+    pub(crate) limits: Arc<flotilla_state::kv::v2::Limits>,
+    pub(crate) max_watchers_per_client: usize,
+    watchers: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    pub(crate) started: SystemTime,
+}
+
+impl Api {
+    /// The API over `cluster`.
+    pub(crate) fn new(cluster: Cluster, max_watchers_per_client: usize) -> Self {
+        Api {
+            cluster,
+            limits: Arc::new(flotilla_state::kv::v2::Limits::default()),
+            max_watchers_per_client,
+            watchers: Arc::default(),
+            started: SystemTime::now(),
+        }
+    }
+
+    /// Takes a watcher slot for `client`; `None` when it holds too many.
+    pub(crate) fn watcher_slot(&self, client: IpAddr) -> Option<WatcherSlot> {
+        let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        let n = w.entry(client).or_insert(0);
+        if *n >= self.max_watchers_per_client {
+            return None;
+        }
+        *n += 1;
+        Some(WatcherSlot {
+            watchers: self.watchers.clone(),
+            client,
+        })
+    }
+
+    /// The headers etcd puts on every keys response.
+    pub(crate) fn etcd_headers(&self, etcd_index: u64) -> HeaderMap {
+        let (term, raft_index) = self.cluster.raft_position();
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert("X-Etcd-Cluster-Id", hv(&id_hex(node_id("flotilla"))));
+        h.insert("X-Etcd-Index", hv(&etcd_index.to_string()));
+        h.insert("X-Raft-Index", hv(&raft_index.to_string()));
+        h.insert("X-Raft-Term", hv(&term.to_string()));
+        h
+    }
+}
+
+fn hv(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// A watcher slot, released on drop (when the watch answers or the client goes away).
+pub(crate) struct WatcherSlot {
+    watchers: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    client: IpAddr,
+}
+
+impl Drop for WatcherSlot {
+    fn drop(&mut self) {
+        let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = w.get_mut(&self.client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                w.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// A JSON body as etcd writes it (with a trailing newline).
+pub(crate) fn json(status: StatusCode, headers: HeaderMap, body: &serde_json::Value) -> Response {
+    let mut text = body.to_string();
+    text.push('\n');
+    (status, headers, text).into_response()
+}
+
+/// Serves the client API on `listener` until `cancel`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    api: Api,
+    max_body_bytes: usize,
+    cancel: CancellationToken,
+) {
+    let app = Router::new()
+        .route("/version", get(version))
+        .route("/health", get(health))
+        .route("/v2/keys", keys::routes())
+        .route("/v2/keys/", keys::routes())
+        .route("/v2/keys/{*key}", keys::routes())
+        .route("/v2/members", get(members::list).post(members::add))
+        .route("/v2/members/", get(members::list).post(members::add))
+        .route("/v2/members/leader", get(members::leader))
+        .route("/v2/members/{id}", axum::routing::delete(members::remove))
+        .route("/flotilla/v1/machines", get(machines::list))
+        .route("/v2/stats/self", get(stats::this))
+        .route("/v2/stats/leader", get(stats::leader))
+        .route("/v2/stats/store", get(stats::store))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(api);
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(e) = axum::serve(listener, service)
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await
+    {
+        tracing::error!("client API server failed: {e}");
+    }
+}
+
+async fn version() -> Response {
+    let body = serde_json::json!({"etcdserver": ETCD_VERSION, "etcdcluster": "3.4.0"});
+    json(StatusCode::OK, HeaderMap::new(), &body)
+}
+
+async fn health(axum::extract::State(api): axum::extract::State<Api>) -> Response {
+    let healthy = api.cluster.leader().is_some();
+    let body = serde_json::json!({"health": if healthy { "true" } else { "false" }});
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(status, HeaderMap::new(), &body)
+}

@@ -1,0 +1,112 @@
+//! The peer server on port 2380: Raft RPCs, requests for the leader, and heartbeats, as
+//! postcard bodies over HTTP/2 (or HTTP/1.1) with keep-alive connections.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::{Cluster, LeaderRequest};
+use crate::liveness::{Heartbeat, Liveness};
+use crate::raft::TypeConfig;
+use crate::raft::network::path;
+
+/// The largest peer message (a batch of log entries or a snapshot chunk).
+const MAX_PEER_BODY: usize = 64 * 1024 * 1024;
+
+#[derive(Clone)]
+struct Peer {
+    cluster: Cluster,
+    liveness: Liveness,
+}
+
+/// Serves the peer API on `listener` until `cancel`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    cluster: Cluster,
+    liveness: Liveness,
+    cancel: CancellationToken,
+) {
+    let app = Router::new()
+        .route(path::APPEND, post(append))
+        .route(path::VOTE, post(vote))
+        .route(path::SNAPSHOT, post(snapshot))
+        .route(path::LEADER, post(leader))
+        .route(path::HEARTBEAT, post(heartbeat))
+        .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
+        .with_state(Peer { cluster, liveness });
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await
+    {
+        tracing::error!("peer server failed: {e}");
+    }
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Box<Response>> {
+    postcard::from_bytes(body).map_err(|e| {
+        Box::new(
+            (
+                StatusCode::BAD_REQUEST,
+                format!("cannot decode the request: {e}"),
+            )
+                .into_response(),
+        )
+    })
+}
+
+fn encode<T: Serialize>(v: &T) -> Response {
+    match postcard::to_allocvec(v) {
+        Ok(b) => b.into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the reply: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+async fn append(State(p): State<Peer>, body: Bytes) -> Response {
+    match decode::<AppendEntriesRequest<TypeConfig>>(&body) {
+        Ok(req) => encode(&p.cluster.raft().append_entries(req).await),
+        Err(r) => *r,
+    }
+}
+
+async fn vote(State(p): State<Peer>, body: Bytes) -> Response {
+    match decode::<VoteRequest<u64>>(&body) {
+        Ok(req) => encode(&p.cluster.raft().vote(req).await),
+        Err(r) => *r,
+    }
+}
+
+async fn snapshot(State(p): State<Peer>, body: Bytes) -> Response {
+    match decode::<InstallSnapshotRequest<TypeConfig>>(&body) {
+        Ok(req) => encode(&p.cluster.raft().install_snapshot(req).await),
+        Err(r) => *r,
+    }
+}
+
+async fn leader(State(p): State<Peer>, body: Bytes) -> Response {
+    match decode::<LeaderRequest>(&body) {
+        Ok(req) => encode(&p.cluster.on_leader(req).await),
+        Err(r) => *r,
+    }
+}
+
+async fn heartbeat(State(p): State<Peer>, body: Bytes) -> Response {
+    match decode::<Heartbeat>(&body) {
+        Ok(hb) => {
+            p.liveness.seen(hb);
+            encode(&())
+        }
+        Err(r) => *r,
+    }
+}
