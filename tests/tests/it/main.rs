@@ -1,4 +1,5 @@
 mod cluster;
+mod dns;
 mod images;
 mod kv;
 mod systemd1;
