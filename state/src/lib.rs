@@ -14,10 +14,26 @@
 //! The key space ([`kv`]) carries its own watch history (the last 1000 events), so a
 //! `waitIndex` watch is answered alike by every replica and survives a snapshot.
 //!
+//! - [`kv`]: the etcd v2 key space.
+//! - [`machines`]: the machines, their committed liveness and capacity.
+//! - [`units`]: unit files by name (normalized text, content hash), fleet's desired states
+//!   and transitions, assignments, restarts, and the states machines report.
+//! - [`scheduler`]: [`scheduler::plan`], a pure function of the state that the leader runs
+//!   after a unit or machine change; it returns the `Assign`/`Unassign` commands to propose
+//!   and the units no machine can take, with the reason (also written to the state, so that
+//!   every machine can show it).
+//!
 //! # Current limitations
 //!
-//! The key space ([`kv`]) and the machine registry ([`machines`]); units follow. See [`kv`]
-//! for where the key space knowingly differs from etcd.
+//! - See [`kv`] for where the key space knowingly differs from etcd.
+//! - A plan is computed against one state and proposed as separate commands: a command
+//!   committed in between can make it stale. Applying a stale `Assign` is harmless (the next
+//!   plan corrects it), but two leaders' plans could briefly assign a unit twice; the agent
+//!   should plan only as leader and re-plan after applying.
+//! - Placement is greedy and sticky (fleet's): it never rebalances, and it does not search
+//!   for a packing that would fit a unit that greedy placement could not.
+//! - `MemoryMax=` and `CPUQuota=` are read from `[Service]` only, and a unit without them
+//!   counts as needing nothing.
 //!
 //! # Example usage
 //!
@@ -49,6 +65,8 @@
 
 pub mod kv;
 pub mod machines;
+pub mod scheduler;
+pub mod units;
 
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +82,9 @@ pub enum Command {
     },
     /// A change to the machine registry (join, heartbeat seen again, lost, removed).
     Machine(machines::Change),
+    /// A change to the unit registry: submit, desired state, destroy, the scheduler's
+    /// assignments, restarts and the states machines report.
+    Unit(units::Change),
 }
 
 /// What applying a [`Command`] produced.
@@ -77,6 +98,8 @@ pub enum Response {
     Expired(Vec<kv::Event>),
     /// Whether a [`Command::Machine`] changed the registry.
     Machine(bool),
+    /// Whether a [`Command::Unit`] changed the unit registry, or why it was refused.
+    Unit(Result<bool, units::Error>),
 }
 
 /// The whole replicated state.
@@ -86,6 +109,8 @@ pub struct State {
     pub kv: kv::Store,
     /// The machines of the cluster.
     pub machines: machines::Machines,
+    /// The unit files, their desired states, assignments and reported states.
+    pub units: units::Units,
 }
 
 impl State {
@@ -95,6 +120,7 @@ impl State {
             Command::Kv(w) => Response::Kv(self.kv.apply(w)),
             Command::Expire { now_ms } => Response::Expired(self.kv.expire(*now_ms)),
             Command::Machine(c) => Response::Machine(self.machines.apply(c)),
+            Command::Unit(c) => Response::Unit(self.units.apply(c, &self.machines)),
         }
     }
 }

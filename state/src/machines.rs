@@ -56,6 +56,25 @@ pub enum Change {
         /// The machine's name.
         name: String,
     },
+    /// What the machine offers to units (its agent proposes it after `Up`, and again when it
+    /// changed); the scheduler places units against it. A machine without one is unlimited.
+    Capacity {
+        /// The machine's name (must be registered).
+        name: String,
+        /// Memory units may use, in bytes.
+        memory_bytes: u64,
+        /// CPUs units may use.
+        cpus: u32,
+    },
+}
+
+/// What a machine offers to units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    /// Memory units may use, in bytes.
+    pub memory_bytes: u64,
+    /// CPUs units may use.
+    pub cpus: u32,
 }
 
 /// All machines by name.
@@ -63,6 +82,8 @@ pub enum Change {
 pub struct Machines {
     /// By name.
     pub by_name: BTreeMap<String, Machine>,
+    /// Capacity by machine name (kept while a machine is lost, dropped when it is removed).
+    pub capacity: BTreeMap<String, Capacity>,
 }
 
 impl Machines {
@@ -90,7 +111,24 @@ impl Machines {
                 }
                 _ => false,
             },
-            Change::Remove { name } => self.by_name.remove(name).is_some(),
+            Change::Remove { name } => {
+                self.capacity.remove(name);
+                self.by_name.remove(name).is_some()
+            }
+            Change::Capacity {
+                name,
+                memory_bytes,
+                cpus,
+            } => {
+                if !self.by_name.contains_key(name) {
+                    return false;
+                }
+                let c = Capacity {
+                    memory_bytes: *memory_bytes,
+                    cpus: *cpus,
+                };
+                self.capacity.insert(name.clone(), c) != Some(c)
+            }
         }
     }
 }
@@ -197,6 +235,26 @@ mod tests {
             name: "ghost".into()
         }));
         assert!(m.by_name.is_empty());
+    }
+
+    #[test]
+    fn capacity_needs_a_registered_machine_and_goes_with_it() {
+        let mut m = Machines::default();
+        let cap = |name: &str, cpus| Change::Capacity {
+            name: name.into(),
+            memory_bytes: 1 << 30,
+            cpus,
+        };
+        assert!(!m.apply(&cap("node1", 2)), "unknown machine");
+        m.apply(&up("node1", "10.0.0.1", 100));
+        assert!(m.apply(&cap("node1", 2)));
+        assert!(!m.apply(&cap("node1", 2)), "same capacity");
+        assert!(m.apply(&cap("node1", 4)));
+        assert_eq!(m.capacity["node1"].cpus, 4);
+        m.apply(&Change::Remove {
+            name: "node1".into(),
+        });
+        assert!(m.capacity.is_empty());
     }
 
     #[test]

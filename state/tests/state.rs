@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use flotilla_state::kv::{Preconditions, Write, WriteOp};
 use flotilla_state::machines::{Change, Machine, Status};
-use flotilla_state::{Command, Response, State};
+use flotilla_state::{Command, Response, State, units};
 use proptest::prelude::*;
 
 /// 2026-11-24T22:17:29.452Z.
@@ -210,8 +210,63 @@ fn step() -> impl Strategy<Value = (u64, Command)> {
             1 => Just(Command::Expire { now_ms: 0 }),
             1 => prop::sample::select(&["n1", "n2"][..]).prop_map(|n| Command::Machine(Change::Up { machine: machine(n), now_ms: 0 })),
             1 => prop::sample::select(&["n1", "n2"][..]).prop_map(|n| Command::Machine(Change::Lost { name: n.into(), now_ms: 0 })),
+            3 => unit_change().prop_map(Command::Unit),
         ],
     )
+}
+
+/// Changes to the unit registry, over a few names, texts and machines.
+fn unit_change() -> impl Strategy<Value = units::Change> {
+    let name = prop::sample::select(&["a.service", "t@.service", "t@1.service", "bad"][..]);
+    let machine = prop::sample::select(&["n1", "n2", "n9"][..]);
+    let text = prop::option::of(prop::sample::select(
+        &[
+            "[Service]\nExecStart=/bin/true\n",
+            "[Service]\nExecStart=/bin/false\n[X-Fleet]\nGlobal=true\n",
+            "[Service]\nExecStart=relative/path\n",
+        ][..],
+    ));
+    let desired = prop::sample::select(
+        &[
+            units::Desired::Inactive,
+            units::Desired::Loaded,
+            units::Desired::Launched,
+        ][..],
+    );
+    prop_oneof![
+        (name.clone(), text, any::<bool>()).prop_map(|(name, text, replace)| {
+            units::Change::Submit {
+                name: name.into(),
+                text: text.map(Into::into),
+                replace,
+            }
+        }),
+        (name.clone(), desired).prop_map(|(name, desired)| units::Change::SetDesired {
+            name: name.into(),
+            desired
+        }),
+        name.clone()
+            .prop_map(|name| units::Change::Destroy { name: name.into() }),
+        (name.clone(), machine.clone(), any::<bool>()).prop_map(|(name, machine, on)| {
+            let (name, machine) = (name.into(), machine.into());
+            if on {
+                units::Change::Assign { name, machine }
+            } else {
+                units::Change::Unassign { name, machine }
+            }
+        }),
+        (name, machine, prop::option::of(0u64..3)).prop_map(|(name, machine, since)| {
+            units::Change::ReportState {
+                machine: machine.into(),
+                name: name.into(),
+                state: since.map(|since_ms| units::Reported {
+                    active: "active".into(),
+                    since_ms,
+                    ..units::Reported::default()
+                }),
+            }
+        }),
+    ]
 }
 
 /// Gives each command the clock of its place in the sequence.
@@ -228,7 +283,8 @@ fn timed(steps: &[(u64, Command)]) -> Vec<Command> {
                 Command::Machine(Change::Up { now_ms, .. } | Change::Lost { now_ms, .. }) => {
                     *now_ms = now
                 }
-                Command::Machine(Change::Remove { .. }) => {}
+                Command::Machine(Change::Remove { .. } | Change::Capacity { .. })
+                | Command::Unit(_) => {}
             }
             cmd
         })
@@ -291,7 +347,10 @@ proptest! {
                 Response::Expired(events) => {
                     prop_assert_eq!(state.kv.index(), before.kv.index() + events.len() as u64);
                 }
-                Response::Machine(changed) => prop_assert_eq!(changed, state != before),
+                Response::Machine(changed) | Response::Unit(Ok(changed)) => {
+                    prop_assert_eq!(changed, state != before)
+                }
+                Response::Unit(Err(_)) => prop_assert_eq!(&state, &before),
             }
         }
     }

@@ -271,6 +271,6 @@ fn collect_events(cmd: &Command, resp: &Response, out: &mut Vec<Arc<kv::Event>>)
     match resp {
         Response::Kv(Ok(ev)) => out.push(Arc::new(ev.clone())),
         Response::Expired(evs) => out.extend(evs.iter().cloned().map(Arc::new)),
-        Response::Kv(Err(_)) | Response::Machine(_) => {}
+        Response::Kv(Err(_)) | Response::Machine(_) | Response::Unit(_) => {}
     }
 }

@@ -1,0 +1,508 @@
+//! The registry's rules, as tables: each row a sequence of changes and what each returns.
+
+use super::*;
+use crate::machines::{Change as MachineChange, Machine, Status};
+
+const WEB: &str = "[Service]\nExecStart=/bin/sleep infinity\n";
+const WEB2: &str = "[Service]\nExecStart=/bin/sleep 1000\n";
+const TEMPLATE: &str = "[Service]\nExecStart=/bin/echo %i\n\n[X-Fleet]\nConflicts=app@*.service\n";
+
+fn machines() -> Machines {
+    let mut m = Machines::default();
+    m.apply(&MachineChange::Up {
+        machine: Machine {
+            name: "n1".into(),
+            machine_id: "0".repeat(32),
+            addr: "10.0.0.1".into(),
+            metadata: BTreeMap::new(),
+            status: Status::Up,
+            since_ms: 0,
+        },
+        now_ms: 1,
+    });
+    m
+}
+
+fn submit(name: &str, text: Option<&str>, replace: bool) -> Change {
+    Change::Submit {
+        name: name.into(),
+        text: text.map(Into::into),
+        replace,
+    }
+}
+
+fn desired(name: &str, desired: Desired) -> Change {
+    Change::SetDesired {
+        name: name.into(),
+        desired,
+    }
+}
+
+fn verb(name: &str, transition: Transition) -> Change {
+    Change::Transition {
+        name: name.into(),
+        transition,
+    }
+}
+
+fn assign(name: &str, machine: &str) -> Change {
+    Change::Assign {
+        name: name.into(),
+        machine: machine.into(),
+    }
+}
+
+/// What a row expects of one change: changed, unchanged, or an error whose message contains
+/// the text.
+#[derive(Debug)]
+enum Want {
+    Changed,
+    Same,
+    Err(&'static str),
+}
+
+fn run(rows: &[(&str, Vec<(Change, Want)>)]) -> Units {
+    let m = machines();
+    let mut last = Units::default();
+    for (title, steps) in rows {
+        let mut units = Units::default();
+        for (i, (change, want)) in steps.iter().enumerate() {
+            let before = units.clone();
+            let got = units.apply(change, &m);
+            match (want, &got) {
+                (Want::Changed, Ok(true)) | (Want::Same, Ok(false)) => {}
+                (Want::Err(text), Err(e)) if e.to_string().contains(text) => {
+                    assert_eq!(
+                        units, before,
+                        "{title}, step {i}: a refused change changes nothing"
+                    );
+                }
+                _ => panic!("{title}, step {i}: {change:?}: wanted {want:?}, got {got:?}"),
+            }
+        }
+        last = units;
+    }
+    last
+}
+
+#[test]
+fn transitions() {
+    use Transition::*;
+    use Want::*;
+    run(&[
+        (
+            "submit twice with the same content is no change",
+            vec![
+                (submit("web.service", Some(WEB), false), Changed),
+                (
+                    submit(
+                        "web.service",
+                        Some("# comment\n[Service]\nExecStart=/bin/sleep infinity\n"),
+                        false,
+                    ),
+                    Same,
+                ),
+            ],
+        ),
+        (
+            "different content needs replace",
+            vec![
+                (submit("web.service", Some(WEB), false), Changed),
+                (
+                    submit("web.service", Some(WEB2), false),
+                    Err("unit 'web.service' already exists with different content"),
+                ),
+                (submit("web.service", Some(WEB2), true), Changed),
+            ],
+        ),
+        (
+            "malformed units are refused with file:line:column",
+            vec![(
+                submit(
+                    "bad.service",
+                    Some("[Service]\nExecStart=relative/path\n"),
+                    false,
+                ),
+                Err("bad.service:2:"),
+            )],
+        ),
+        (
+            "bad names are refused",
+            vec![(
+                submit("web", Some(WEB), false),
+                Err("unit name 'web' has no type suffix"),
+            )],
+        ),
+        (
+            "unknown X-Fleet keys are refused",
+            vec![(
+                submit(
+                    "x.service",
+                    Some("[Service]\nExecStart=/bin/true\n[X-Fleet]\nBogus=1\n"),
+                    false,
+                ),
+                Err("unrecognized requirement 'Bogus'"),
+            )],
+        ),
+        (
+            "load, start, stop, unload",
+            vec![
+                (submit("web.service", Some(WEB), false), Changed),
+                (
+                    verb("web.service", Stop),
+                    Err("unit 'web.service' is inactive: nothing to stop"),
+                ),
+                (verb("web.service", Load), Changed),
+                (verb("web.service", Load), Same),
+                (verb("web.service", Start), Changed),
+                (verb("web.service", Stop), Changed),
+                (verb("web.service", Stop), Same),
+                (verb("web.service", Start), Changed),
+                (verb("web.service", Unload), Changed),
+                (desired("web.service", Desired::Launched), Changed),
+            ],
+        ),
+        (
+            "a global unit can be stopped from inactive, as fleetctl allows",
+            vec![
+                (
+                    submit(
+                        "g.service",
+                        Some("[Service]\nExecStart=/bin/true\n[X-Fleet]\nGlobal=true\n"),
+                        false,
+                    ),
+                    Changed,
+                ),
+                (verb("g.service", Stop), Changed),
+            ],
+        ),
+        (
+            "unknown units",
+            vec![
+                (
+                    verb("ghost.service", Start),
+                    Err("unit 'ghost.service' does not exist"),
+                ),
+                (
+                    Change::Destroy {
+                        name: "ghost.service".into(),
+                    },
+                    Err("does not exist"),
+                ),
+                (assign("ghost.service", "n1"), Err("does not exist")),
+            ],
+        ),
+        (
+            "templates cannot be loaded or started, their instances can",
+            vec![
+                (submit("app@.service", Some(TEMPLATE), false), Changed),
+                (
+                    verb("app@.service", Start),
+                    Err(
+                        "unit 'app@.service' is a template: load or start an instance of it such as 'app@1.service'",
+                    ),
+                ),
+                (verb("app@.service", Load), Err("is a template")),
+                (verb("app@.service", Unload), Same),
+                (assign("app@.service", "n1"), Err("is a template")),
+                (verb("app@1.service", Start), Changed),
+                (verb("app@1.service", Start), Same),
+                (submit("app@2.service", None, false), Changed),
+                (submit("app@2.service", None, false), Same),
+            ],
+        ),
+        (
+            "instances need their template",
+            vec![
+                (
+                    verb("app@1.service", Start),
+                    Err("neither does its template 'app@.service'"),
+                ),
+                (
+                    submit("app@1.service", None, false),
+                    Err("neither does its template"),
+                ),
+                (
+                    submit("web.service", None, false),
+                    Err("is not a template instance"),
+                ),
+            ],
+        ),
+        (
+            "assignments need a member machine",
+            vec![
+                (submit("web.service", Some(WEB), false), Changed),
+                (
+                    assign("web.service", "n9"),
+                    Err("machine 'n9' is not a member"),
+                ),
+                (assign("web.service", "n1"), Changed),
+                (assign("web.service", "n1"), Same),
+                (
+                    Change::Unassign {
+                        name: "web.service".into(),
+                        machine: "n1".into(),
+                    },
+                    Changed,
+                ),
+                (
+                    Change::Unassign {
+                        name: "web.service".into(),
+                        machine: "n1".into(),
+                    },
+                    Same,
+                ),
+            ],
+        ),
+        (
+            "restarts need an assignment",
+            vec![
+                (submit("web.service", Some(WEB), false), Changed),
+                (
+                    Change::Restart {
+                        name: "web.service".into(),
+                        machine: "n1".into(),
+                    },
+                    Err("unit 'web.service' is not assigned to machine 'n1'"),
+                ),
+                (assign("web.service", "n1"), Changed),
+                (
+                    Change::Restart {
+                        name: "web.service".into(),
+                        machine: "n1".into(),
+                    },
+                    Changed,
+                ),
+            ],
+        ),
+        (
+            "reports only when changed, and only for existing units",
+            vec![
+                (report("web.service", Some("active")), Same),
+                (submit("web.service", Some(WEB), false), Changed),
+                (report("web.service", Some("active")), Changed),
+                (report("web.service", Some("active")), Same),
+                (report("web.service", Some("failed")), Changed),
+                (report("web.service", None), Changed),
+                (report("web.service", None), Same),
+            ],
+        ),
+        (
+            "destroy removes everything",
+            vec![
+                (submit("web.service", Some(WEB), false), Changed),
+                (assign("web.service", "n1"), Changed),
+                (report("web.service", Some("active")), Changed),
+                (
+                    Change::Destroy {
+                        name: "web.service".into(),
+                    },
+                    Changed,
+                ),
+            ],
+        ),
+    ]);
+}
+
+fn report(name: &str, active: Option<&str>) -> Change {
+    Change::ReportState {
+        machine: "n1".into(),
+        name: name.into(),
+        state: active.map(|a| Reported {
+            load: "loaded".into(),
+            active: a.into(),
+            sub: "running".into(),
+            since_ms: 5,
+            main_pid: 42,
+            result: "success".into(),
+            restart_generation: 0,
+        }),
+    }
+}
+
+#[test]
+fn destroy_leaves_nothing_behind() {
+    let m = machines();
+    let mut u = Units::default();
+    for c in [
+        submit("web.service", Some(WEB), false),
+        assign("web.service", "n1"),
+        report("web.service", Some("active")),
+        Change::Destroy {
+            name: "web.service".into(),
+        },
+    ] {
+        u.apply(&c, &m).unwrap();
+    }
+    assert_eq!(u, Units::default());
+}
+
+#[test]
+fn instances_take_the_template_text_with_their_own_specifiers() {
+    let m = machines();
+    let mut u = Units::default();
+    u.apply(&submit("app@.service", Some(TEMPLATE), false), &m)
+        .unwrap();
+    u.apply(&verb("app@web.service", Transition::Start), &m)
+        .unwrap();
+    let inst = &u.by_name["app@web.service"];
+    assert_eq!(inst.desired, Desired::Launched);
+    assert_eq!(inst.text, u.by_name["app@.service"].text);
+    assert_eq!(inst.requirements.conflicts, ["app@*.service"]);
+    assert_eq!(u.by_name["app@.service"].desired, Desired::Inactive);
+}
+
+#[test]
+fn replace_keeps_desired_state_and_assignments() {
+    let m = machines();
+    let mut u = Units::default();
+    u.apply(&submit("web.service", Some(WEB), false), &m)
+        .unwrap();
+    u.apply(&verb("web.service", Transition::Start), &m)
+        .unwrap();
+    u.apply(&assign("web.service", "n1"), &m).unwrap();
+    let old = u.by_name["web.service"].hash.clone();
+    u.apply(&submit("web.service", Some(WEB2), true), &m)
+        .unwrap();
+    let unit = &u.by_name["web.service"];
+    assert_ne!(unit.hash, old);
+    assert_eq!(unit.text, "[Service]\nExecStart=/bin/sleep 1000\n");
+    assert_eq!(unit.desired, Desired::Launched);
+    assert!(u.is_assigned("web.service", "n1"));
+}
+
+#[test]
+fn malformed_units_list_every_diagnostic() {
+    let m = machines();
+    let mut u = Units::default();
+    let err = u
+        .apply(
+            &submit(
+                "bad.service",
+                Some("[Service]\nExecStart=relative/path\n[X-Fleet]\nMachineID=a\nConflicts=b*\n"),
+                false,
+            ),
+            &m,
+        )
+        .unwrap_err();
+    let Error::Malformed { name, diagnostics } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(name, "bad.service");
+    assert!(diagnostics.len() >= 2, "{diagnostics:?}");
+    assert!(
+        diagnostics.iter().all(|d| d.starts_with("bad.service:")),
+        "{diagnostics:?}"
+    );
+    assert!(
+        diagnostics
+            .iter()
+            .any(|d| d.contains("MachineID cannot be used with Conflicts")),
+        "{diagnostics:?}"
+    );
+}
+
+#[test]
+fn resource_limits_are_read_from_the_service_section() {
+    let cases: &[(&str, Option<Memory>, Option<u64>)] = &[
+        ("", None, None),
+        (
+            "MemoryMax=512M\nCPUQuota=50%\n",
+            Some(Memory::Bytes(512 << 20)),
+            Some(500),
+        ),
+        (
+            "MemoryMax=2G\nCPUQuota=200%\n",
+            Some(Memory::Bytes(2 << 30)),
+            Some(2000),
+        ),
+        (
+            "MemoryMax=1.5K\nCPUQuota=12.5%\n",
+            Some(Memory::Bytes(1536)),
+            Some(125),
+        ),
+        ("MemoryMax=4096\n", Some(Memory::Bytes(4096)), None),
+        ("MemoryMax=25%\n", Some(Memory::Basis(2500)), None),
+        ("MemoryMax=infinity\n", None, None),
+        ("MemoryMax=1G\nMemoryMax=\n", None, None),
+    ];
+    for (extra, memory, cpu) in cases {
+        let text = format!("[Service]\nExecStart=/bin/true\n{extra}");
+        let c = check("r.service", &text).unwrap();
+        assert_eq!(
+            (c.requirements.memory_max, c.requirements.cpu_millis),
+            (*memory, *cpu),
+            "{extra}"
+        );
+    }
+    assert_eq!(Memory::Basis(2500).on(8 << 30), 2 << 30);
+}
+
+#[test]
+fn sizes_print_as_systemd_prints_them() {
+    assert_eq!(format_bytes(512 << 20), "512M");
+    assert_eq!(format_bytes(3 << 29), "1.5G");
+    assert_eq!(format_bytes(100), "100B");
+    assert_eq!(format_cpus(2000), "2");
+    assert_eq!(format_cpus(500), "0.5");
+    assert_eq!(format_cpus(125), "0.125");
+}
+
+#[test]
+fn desired_state_names_are_fleets() {
+    for d in [Desired::Inactive, Desired::Loaded, Desired::Launched] {
+        assert_eq!(d.as_str().parse::<Desired>(), Ok(d));
+    }
+    assert_eq!(
+        "running".parse::<Desired>().unwrap_err().to_string(),
+        "unknown desired state 'running': expected inactive, loaded or launched"
+    );
+}
+
+#[test]
+fn rolling_restart_goes_machine_by_machine() {
+    let mut m = machines();
+    let mut second = m.by_name["n1"].clone();
+    second.name = "n0".into();
+    m.apply(&MachineChange::Up {
+        machine: second,
+        now_ms: 1,
+    });
+    let mut u = Units::default();
+    let g = "[Service]\nExecStart=/bin/true\n[X-Fleet]\nGlobal=true\n";
+    u.apply(&submit("g.service", Some(g), false), &m).unwrap();
+    u.apply(&assign("g.service", "n1"), &m).unwrap();
+    u.apply(&assign("g.service", "n0"), &m).unwrap();
+    assert_eq!(u.rolling_restart("g.service").unwrap(), ["n0", "n1"]);
+    u.apply(
+        &Change::Restart {
+            name: "g.service".into(),
+            machine: "n0".into(),
+        },
+        &m,
+    )
+    .unwrap();
+    assert!(!u.restart_done("g.service", "n0"), "nothing reported yet");
+    let mut state = Reported {
+        active: "active".into(),
+        ..Reported::default()
+    };
+    let rep = |state: &Reported| Change::ReportState {
+        machine: "n0".into(),
+        name: "g.service".into(),
+        state: Some(state.clone()),
+    };
+    u.apply(&rep(&state), &m).unwrap();
+    assert!(!u.restart_done("g.service", "n0"), "old generation");
+    state.restart_generation = 1;
+    state.active = "activating".into();
+    u.apply(&rep(&state), &m).unwrap();
+    assert!(!u.restart_done("g.service", "n0"), "not active yet");
+    state.active = "active".into();
+    u.apply(&rep(&state), &m).unwrap();
+    assert!(u.restart_done("g.service", "n0"));
+    assert!(matches!(
+        u.rolling_restart("nope.service"),
+        Err(Error::NotFound(_))
+    ));
+}
