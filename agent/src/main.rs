@@ -11,6 +11,7 @@
 //! (bootstrap or join, then publishing this member's client URLs) happens before READY=1.
 
 mod api;
+mod bus;
 mod cluster;
 mod config;
 mod expiry;
@@ -149,6 +150,15 @@ async fn run(s: Settings) -> Result<()> {
     }
     tracing::info!(name = %s.name, id = %raft::id_hex(id), peer = %s.advertise_peer, "flotillad listening");
 
+    // The D-Bus object is served and its name requested before READY=1 (sent by bootstrap).
+    bus::start(
+        cluster.clone(),
+        s.name.clone(),
+        machine_id(&s.name),
+        cancel.clone(),
+        &mut tasks,
+    )
+    .await;
     bootstrap(&s, &cluster, &me, &cancel).await?;
 
     let machine = Machine {

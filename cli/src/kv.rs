@@ -1,11 +1,14 @@
 //! `flotctl kv`: the etcd v2 key-value commands, with `etcdctl`'s (v2) flags, output and exit
-//! codes, spoken to a flotilla agent's client API (the global `--endpoint`).
+//! codes, spoken to the local agent over D-Bus, or to any agent's HTTP API with `--endpoint`.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
-use serde_json::Value;
+use flotilla_dbus::agent1::KeyNode;
+use serde_json::json;
+
+use crate::Output;
+use crate::client::{self, Client, DeleteOptions, SetOptions};
 
 /// etcdctl's exit code for a server or connection error.
 const EXIT_SERVER_ERROR: u8 = 4;
@@ -18,8 +21,10 @@ const EXIT_BAD_ARGS: u8 = 1;
     about = "Read and write the cluster's key-value store (etcdctl v2's commands)",
     long_about = "Read and write the cluster's key-value store, the etcd v2 key space. The commands, \
                   flags, output and exit codes are etcdctl's (v2): 0 on success, 4 for an error \
-                  from the cluster (e.g. `Error:  100: Key not found (/foo) [12]`), 1 for `get` \
-                  of a directory."
+                  from the cluster (one line on stderr: `Error:  key /foo not found` over D-Bus, \
+                  `Error:  100: Key not found (/foo) [12]` over HTTP), 1 for `get` of a \
+                  directory. With --output json: the node(s) as JSON. It talks to the local \
+                  agent over D-Bus, or to --endpoint URL over HTTP."
 )]
 pub(crate) struct Args {
     /// The command.
@@ -123,187 +128,107 @@ enum KvCommand {
     },
 }
 
-/// What a request produced: the decoded body, or an etcd error body.
-enum Reply {
-    Ok(Value),
-    EtcdError(Value),
-}
-
-struct Client {
-    http: reqwest::Client,
-    endpoint: String,
-}
-
-impl Client {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        key: &str,
-        params: &[(&str, String)],
-    ) -> anyhow::Result<Reply> {
-        let key = if key.starts_with('/') {
-            key.to_string()
-        } else {
-            format!("/{key}")
-        };
-        let url = format!("{}/v2/keys{}", self.endpoint.trim_end_matches('/'), key);
-        let encoded = encode_pairs(params);
-        let req = if method == reqwest::Method::GET || method == reqwest::Method::DELETE {
-            let url = if encoded.is_empty() {
-                url
-            } else {
-                format!("{url}?{encoded}")
-            };
-            self.http.request(method, url)
-        } else {
-            self.http
-                .request(method, &url)
-                .header(
-                    reqwest::header::CONTENT_TYPE,
-                    "application/x-www-form-urlencoded",
-                )
-                .body(encoded)
-        };
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {}", self.endpoint))?;
-        let body: Value = resp
-            .json()
-            .await
-            .with_context(|| format!("{} sent a reply that is not JSON", self.endpoint))?;
-        if body.get("errorCode").is_some() {
-            Ok(Reply::EtcdError(body))
-        } else {
-            Ok(Reply::Ok(body))
-        }
-    }
-}
-
-/// `application/x-www-form-urlencoded` encoding of `pairs`.
-fn encode_pairs(pairs: &[(&str, String)]) -> String {
-    fn enc(s: &str, out: &mut String) {
-        for b in s.bytes() {
-            match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                    out.push(b as char)
-                }
-                _ => out.push_str(&format!("%{b:02X}")),
-            }
-        }
-    }
-    let mut out = String::new();
-    for (i, (k, v)) in pairs.iter().enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
-        enc(k, &mut out);
-        out.push('=');
-        enc(v, &mut out);
-    }
-    out
-}
-
 /// Runs a `flotctl kv` command; the exit code is etcdctl's.
 pub(crate) fn run(global: &crate::Global, args: Args) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    match rt.block_on(execute(&global.endpoint, &args.command)) {
+    let code = rt.block_on(async {
+        let client = Client::connect(global).await?;
+        execute(&client, global.output, &args.command).await
+    });
+    match code {
         Ok(code) => Ok(ExitCode::from(code)),
-        Err(e) => {
+        Err(client::Error::Refused { message, .. }) => {
+            eprintln!("Error:  {message}");
+            Ok(ExitCode::from(EXIT_SERVER_ERROR))
+        }
+        Err(client::Error::Unreachable(e)) => {
             eprintln!(
-                "Error:  client: flotilla cluster is unavailable or misconfigured; error #0: {e:#}"
+                "Error:  client: flotilla cluster is unavailable or misconfigured; error #0: {e}"
             );
             Ok(ExitCode::from(EXIT_SERVER_ERROR))
         }
     }
 }
 
-/// etcd's error line: `Error:  100: Key not found (/foo) [12]`.
-fn etcd_error(body: &Value) -> u8 {
-    let code = body["errorCode"].as_u64().unwrap_or(0);
-    let message = body["message"].as_str().unwrap_or("");
-    let cause = body["cause"].as_str().unwrap_or("");
-    let index = body["index"].as_u64().unwrap_or(0);
-    eprintln!("Error:  {code}: {message} ({cause}) [{index}]");
-    EXIT_SERVER_ERROR
+/// Prints `node` as etcdctl's "simple" output (its value), or as JSON.
+fn print_node(output: Output, action: &str, node: &KeyNode) {
+    match output {
+        Output::Json => println!("{}", node_json(action, node)),
+        Output::Text => println!("{}", node.value),
+    }
 }
 
-/// etcdctl's "simple" output of a response.
-fn print_value(body: &Value) {
-    if body["action"] == "delete" {
-        println!(
-            "PrevNode.Value: {}",
-            body["prevNode"]["value"].as_str().unwrap_or("")
-        );
+fn node_json(action: &str, n: &KeyNode) -> serde_json::Value {
+    let mut v = json!({
+        "key": n.key,
+        "dir": n.dir,
+        "createdIndex": n.created_index,
+        "modifiedIndex": n.modified_index,
+    });
+    if !n.dir {
+        v["value"] = json!(n.value);
+    }
+    if n.ttl != 0 {
+        v["ttl"] = json!(n.ttl);
+    }
+    if action.is_empty() {
+        v
     } else {
-        println!("{}", body["node"]["value"].as_str().unwrap_or(""));
+        json!({"action": action, "node": v})
     }
 }
 
-fn ls_print(node: &Value, p: bool) {
-    let key = node["key"].as_str().unwrap_or("");
-    if node["dir"] == true && p {
-        println!("{key}/");
-    } else {
-        println!("{key}");
-    }
-    if let Some(nodes) = node["nodes"].as_array() {
-        for n in nodes {
-            ls_print(n, p);
-        }
-    }
-}
-
-async fn execute(endpoint: &str, command: &KvCommand) -> anyhow::Result<u8> {
-    use reqwest::Method;
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(2))
-        .build()?;
-    let c = Client {
-        http,
-        endpoint: endpoint.to_string(),
-    };
-    let ttl = |t: &Option<u64>| t.map(|t| ("ttl", t.to_string()));
-    let t = "true".to_string();
+async fn execute(c: &Client, output: Output, command: &KvCommand) -> Result<u8, client::Error> {
     match command {
         KvCommand::Set {
             key,
             value,
-            ttl: tl,
+            ttl,
             swap_with_value,
             swap_with_index,
         } => {
-            let mut p = vec![("value", value.clone())];
-            p.extend(ttl(tl));
-            p.extend(swap_with_value.clone().map(|v| ("prevValue", v)));
-            p.extend(swap_with_index.map(|i| ("prevIndex", i.to_string())));
-            write(&c, Method::PUT, key, &p, true).await
+            let o = SetOptions {
+                ttl: *ttl,
+                prev_value: swap_with_value.clone(),
+                prev_index: *swap_with_index,
+                ..SetOptions::default()
+            };
+            print_node(output, "set", &c.set_key(key, value, &o).await?);
+            Ok(0)
         }
-        KvCommand::Mk {
-            key,
-            value,
-            ttl: tl,
-        } => {
-            let mut p = vec![("value", value.clone()), ("prevExist", "false".into())];
-            p.extend(ttl(tl));
-            write(&c, Method::PUT, key, &p, true).await
+        KvCommand::Mk { key, value, ttl } => {
+            let o = SetOptions {
+                ttl: *ttl,
+                prev_exist: Some(false),
+                ..SetOptions::default()
+            };
+            print_node(output, "create", &c.set_key(key, value, &o).await?);
+            Ok(0)
         }
-        KvCommand::Mkdir { key, ttl: tl } => {
-            let mut p = vec![("dir", t.clone()), ("prevExist", "false".into())];
-            p.extend(ttl(tl));
-            write(&c, Method::PUT, key, &p, false).await
+        KvCommand::Mkdir { key, ttl } => {
+            let o = SetOptions {
+                ttl: *ttl,
+                dir: true,
+                prev_exist: Some(false),
+                ..SetOptions::default()
+            };
+            let n = c.set_key(key, "", &o).await?;
+            if output == Output::Json {
+                print_node(output, "create", &n);
+            }
+            Ok(0)
         }
-        KvCommand::Update {
-            key,
-            value,
-            ttl: tl,
-        } => {
-            let mut p = vec![("value", value.clone()), ("prevExist", t.clone())];
-            p.extend(ttl(tl));
-            write(&c, Method::PUT, key, &p, true).await
+        KvCommand::Update { key, value, ttl } => {
+            let o = SetOptions {
+                ttl: *ttl,
+                prev_exist: Some(true),
+                ..SetOptions::default()
+            };
+            print_node(output, "update", &c.set_key(key, value, &o).await?);
+            Ok(0)
         }
         KvCommand::Rm {
             key,
@@ -312,90 +237,62 @@ async fn execute(endpoint: &str, command: &KvCommand) -> anyhow::Result<u8> {
             with_value,
             with_index,
         } => {
-            let mut p = Vec::new();
-            if *dir {
-                p.push(("dir", t.clone()));
-            }
-            if *recursive {
-                p.push(("recursive", t.clone()));
-            }
-            p.extend(with_value.clone().map(|v| ("prevValue", v)));
-            p.extend(with_index.map(|i| ("prevIndex", i.to_string())));
-            match c.call(Method::DELETE, key, &p).await? {
-                Reply::EtcdError(b) => Ok(etcd_error(&b)),
-                Reply::Ok(b) => {
-                    if b["node"]["dir"] != true {
-                        print_value(&b);
-                    }
-                    Ok(0)
-                }
-            }
+            let o = DeleteOptions {
+                dir: *dir,
+                recursive: *recursive,
+                prev_value: with_value.clone(),
+                prev_index: *with_index,
+            };
+            let n = c.delete_key(key, &o).await?;
+            print_deleted(output, &n);
+            Ok(0)
         }
-        KvCommand::Rmdir { key } => match c.call(Method::DELETE, key, &[("dir", t.clone())]).await?
-        {
-            Reply::EtcdError(b) => Ok(etcd_error(&b)),
-            Reply::Ok(b) => {
-                if b["node"]["dir"] != true {
-                    print_value(&b);
-                }
-                Ok(0)
+        KvCommand::Rmdir { key } => {
+            let o = DeleteOptions {
+                dir: true,
+                ..DeleteOptions::default()
+            };
+            let n = c.delete_key(key, &o).await?;
+            print_deleted(output, &n);
+            Ok(0)
+        }
+        KvCommand::Get {
+            key,
+            sort: _,
+            quorum,
+        } => {
+            let n = c.get_key(key, *quorum).await?;
+            if n.dir {
+                eprintln!("{}: is a directory", n.key);
+                return Ok(EXIT_BAD_ARGS);
             }
-        },
-        KvCommand::Get { key, sort, quorum } => {
-            let mut p = Vec::new();
-            if *sort {
-                p.push(("sorted", t.clone()));
-            }
-            if *quorum {
-                p.push(("quorum", t.clone()));
-            }
-            match c.call(Method::GET, key, &p).await? {
-                Reply::EtcdError(b) => Ok(etcd_error(&b)),
-                Reply::Ok(b) if b["node"]["dir"] == true => {
-                    eprintln!(
-                        "{}: is a directory",
-                        b["node"]["key"].as_str().unwrap_or(key)
-                    );
-                    Ok(EXIT_BAD_ARGS)
-                }
-                Reply::Ok(b) => {
-                    print_value(&b);
-                    Ok(0)
-                }
-            }
+            print_node(output, "get", &n);
+            Ok(0)
         }
         KvCommand::Ls {
             key,
             recursive,
-            sort,
+            sort: _,
             p: slash,
             quorum,
         } => {
-            let mut p = Vec::new();
-            if *recursive {
-                p.push(("recursive", t.clone()));
-            }
-            if *sort {
-                p.push(("sorted", t.clone()));
-            }
-            if *quorum {
-                p.push(("quorum", t.clone()));
-            }
-            match c.call(Method::GET, key, &p).await? {
-                Reply::EtcdError(b) => Ok(etcd_error(&b)),
-                Reply::Ok(b) => {
-                    let node = &b["node"];
-                    if node["dir"] != true {
-                        println!("{}", node["key"].as_str().unwrap_or(""));
-                    }
-                    if let Some(nodes) = node["nodes"].as_array() {
-                        for n in nodes {
-                            ls_print(n, *slash);
+            let nodes = c.list_keys(key, *recursive, *quorum).await?;
+            match output {
+                Output::Json => {
+                    let all: Vec<_> = nodes.iter().map(|n| node_json("", n)).collect();
+                    println!("{}", json!(all));
+                }
+                Output::Text => {
+                    for n in &nodes {
+                        if n.dir && *slash {
+                            println!("{}/", n.key);
+                        } else {
+                            println!("{}", n.key);
                         }
                     }
-                    Ok(0)
                 }
             }
+            Ok(0)
         }
         KvCommand::Watch {
             key,
@@ -403,58 +300,38 @@ async fn execute(endpoint: &str, command: &KvCommand) -> anyhow::Result<u8> {
             after_index,
             recursive,
         } => {
-            let mut wait_index = if *after_index == 0 {
-                None
-            } else {
-                Some(after_index + 1)
-            };
-            loop {
-                let mut p = vec![("wait", t.clone())];
-                if *recursive {
-                    p.push(("recursive", t.clone()));
+            let after = (*after_index != 0).then_some(*after_index);
+            c.watch(key, *recursive, after, |action, n| {
+                if n.dir {
+                    return true;
                 }
-                if let Some(i) = wait_index {
-                    p.push(("waitIndex", i.to_string()));
-                }
-                match c.call(Method::GET, key, &p).await? {
-                    Reply::EtcdError(b) => return Ok(etcd_error(&b)),
-                    Reply::Ok(b) => {
-                        wait_index = b["node"]["modifiedIndex"].as_u64().map(|i| i + 1);
-                        if b["node"]["dir"] == true {
-                            continue;
-                        }
+                match output {
+                    Output::Json => println!("{}", node_json(action, n)),
+                    Output::Text => {
                         if *recursive {
-                            println!(
-                                "[{}] {}",
-                                b["action"].as_str().unwrap_or(""),
-                                b["node"]["key"].as_str().unwrap_or("")
-                            );
+                            println!("[{action}] {}", n.key);
                         }
-                        print_value(&b);
-                        if !forever {
-                            return Ok(0);
+                        if action == "delete" || action == "expire" || action == "compareAndDelete"
+                        {
+                            println!("PrevNode.Value: {}", n.value);
+                        } else {
+                            println!("{}", n.value);
                         }
                     }
                 }
-            }
+                *forever
+            })
+            .await?;
+            Ok(0)
         }
     }
 }
 
-async fn write(
-    c: &Client,
-    method: reqwest::Method,
-    key: &str,
-    p: &[(&str, String)],
-    print: bool,
-) -> anyhow::Result<u8> {
-    match c.call(method, key, p).await? {
-        Reply::EtcdError(b) => Ok(etcd_error(&b)),
-        Reply::Ok(b) => {
-            if print {
-                print_value(&b);
-            }
-            Ok(0)
-        }
+/// etcdctl prints the value a deletion removed (nothing for a directory).
+fn print_deleted(output: Output, n: &KeyNode) {
+    match output {
+        Output::Json => println!("{}", node_json("delete", n)),
+        Output::Text if !n.dir => println!("PrevNode.Value: {}", n.value),
+        Output::Text => {}
     }
 }

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod cat;
+mod client;
 mod completions;
 mod kv;
 mod man;
@@ -19,15 +20,9 @@ mod verify;
 /// Options every command takes.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Global {
-    /// The agent's client API to talk to
-    #[arg(
-        long,
-        global = true,
-        env = "FLOTCTL_ENDPOINT",
-        default_value = "http://127.0.0.1:2379",
-        value_name = "URL"
-    )]
-    pub(crate) endpoint: String,
+    /// An agent's HTTP API to talk to (default: the local agent over D-Bus)
+    #[arg(long, global = true, env = "FLOTCTL_ENDPOINT", value_name = "URL")]
+    pub(crate) endpoint: Option<String>,
 
     /// Output format: text for people, json for scripts
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]

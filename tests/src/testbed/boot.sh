@@ -5,7 +5,8 @@
 #   boot.sh machine DIR HOSTNAME                      (run by stage "host" in the new namespaces)
 #
 # DIR is the machine's directory on the host: machine-id, hostname, etc-flotilla/,
-# var-lib-flotilla/, log/ and units/ (unit files and masks copied to /run/systemd/system).
+# var-lib-flotilla/, log/, units/ (unit files and masks copied to /run/systemd/system) and, with
+# an agent, dbus-system.d/ (bus policies added to the machine's /etc/dbus-1/system.d).
 set -eu
 stage=$1
 shift
@@ -42,6 +43,14 @@ machine)
 	# systemd-tmpfiles removes /var/tmp/systemd-private-*: each machine needs its own /var/tmp.
 	mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /var/tmp
 	mkdir -p /run/systemd/system /run/systemd/journald.conf.d
+	# Bus policies of its own (the agent's): the host's /etc/dbus-1/system.d plus the machine's
+	# dbus-system.d/, copied into its /run and bind-mounted over /etc/dbus-1/system.d here only.
+	if [ -d "$dir/dbus-system.d" ] && [ -d /etc/dbus-1/system.d ]; then
+		mkdir -p /run/flotilla-testbed/dbus-system.d
+		cp -a /etc/dbus-1/system.d/. /run/flotilla-testbed/dbus-system.d/
+		cp -a "$dir/dbus-system.d/." /run/flotilla-testbed/dbus-system.d/
+		mount --bind /run/flotilla-testbed/dbus-system.d /etc/dbus-1/system.d
+	fi
 	cp -a "$dir/units/." /run/systemd/system/
 	cp "$dir/journald.conf" /run/systemd/journald.conf.d/flotilla-testbed.conf
 	hostname "$name"

@@ -185,6 +185,13 @@ pub(crate) fn prepare(
     write(&format!("units/{TARGET}"), TARGET_UNIT)?;
     if let Some(agent_path) = agent_path {
         write(&format!("units/{}", agent::UNIT), &agent::unit(agent_path))?;
+        // The agent's bus policy, as the package installs it (see boot.sh).
+        let policies = dir.join("dbus-system.d");
+        fs::create_dir_all(&policies).map_err(io(&policies))?;
+        write(
+            &format!("dbus-system.d/{}", flotilla_dbus::agent1::POLICY_FILE),
+            flotilla_dbus::agent1::POLICY,
+        )?;
     }
     for unit in MASKED {
         let path = dir.join("units").join(unit);

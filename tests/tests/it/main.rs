@@ -1,3 +1,4 @@
+mod bus;
 mod cluster;
 mod dns;
 mod images;

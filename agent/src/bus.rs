@@ -1,0 +1,878 @@
+//! The agent's D-Bus interface `org.flotilla.Agent1` on the system bus (the contract, names and
+//! wire types are `flotilla_dbus::agent1`'s): keys, machines and the cluster over
+//! [`Cluster`], `KeyChanged` from the [`crate::watch::Hub`], `LeaderChanged` and
+//! `PropertiesChanged` from Raft's metrics.
+//!
+//! # Design
+//!
+//! [`start`] connects to the system bus, serves the object and requests the name last (callers
+//! then send READY=1), and spawns one task that emits the signals until cancellation. Methods
+//! that change state check the caller themselves ([`authorize`]): root, or a member of the
+//! `flotilla` group, whatever the bus policy lets through.
+//!
+//! # Current limitations
+//!
+//! - A watch is live events only (no `waitIndex` history: that stays the HTTP API's).
+//! - The `flotilla` group is looked up in `/etc/group` (not through NSS).
+//! - Units and images methods are not there yet.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use flotilla_dbus::agent1::{self, Error, Health, KeyNode, MachineRecord, MemberRecord};
+use flotilla_state::kv::{self, ErrorCode, Event, Node};
+use flotilla_state::machines::{Machine, Status};
+use flotilla_state::{Command, Response};
+use futures::StreamExt;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use zbus::message::Header;
+use zbus::object_server::{InterfaceRef, SignalEmitter};
+use zbus::{Connection, OwnedVariant, interface};
+
+use crate::cluster::{self, Cluster, MemberInfo};
+use crate::liveness::now_ms;
+use crate::raft::{Member, id_hex};
+
+/// The agent's version, as the `Version` property reports it.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The most key prefixes watched over the bus by all connections together.
+const MAX_WATCHES: usize = 4096;
+
+/// Key prefixes watched, by the unique bus name of the connection that watches them.
+type Watches = Arc<Mutex<HashMap<String, BTreeSet<String>>>>;
+
+/// The object at `/org/flotilla/Agent1`.
+pub(crate) struct Agent1 {
+    cluster: Cluster,
+    machine_name: String,
+    machine_id: String,
+    limits: kv::v2::Limits,
+    watches: Watches,
+}
+
+/// Connects to the system bus, serves `org.flotilla.Agent1` and requests its name, and spawns
+/// the task that emits its signals. Without a system bus (or when the name is taken) it says
+/// so and the agent runs without the interface.
+pub(crate) async fn start(
+    cluster: Cluster,
+    machine_name: String,
+    machine_id: String,
+    cancel: CancellationToken,
+    tasks: &mut tokio::task::JoinSet<()>,
+) {
+    let watches = Watches::default();
+    let object = Agent1 {
+        cluster: cluster.clone(),
+        machine_name,
+        machine_id,
+        limits: kv::v2::Limits::default(),
+        watches: watches.clone(),
+    };
+    // Subscribe before serving: no event applied after the first WatchKeys is missed.
+    let events = cluster.hub().subscribe();
+    let built = async {
+        zbus::connection::Builder::system()
+            .serve_at(agent1::PATH, object)
+            .build()
+            .await
+    }
+    .await;
+    let conn = match built {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(
+                "cannot connect to the system bus: {e}; serving no D-Bus interface, ignoring"
+            );
+            return;
+        }
+    };
+    // The name last: a client that sees it finds the object served.
+    let flags = zbus::fdo::RequestNameFlags::DO_NOT_QUEUE;
+    match conn.request_name_with_flags(agent1::NAME, flags).await {
+        Ok(
+            zbus::fdo::RequestNameReply::PrimaryOwner | zbus::fdo::RequestNameReply::AlreadyOwner,
+        ) => tracing::info!(name = agent1::NAME, "serving on the system bus"),
+        Ok(reply) => {
+            tracing::warn!(
+                "cannot own {} on the system bus ({reply:?}: another agent has it); serving no D-Bus interface, ignoring",
+                agent1::NAME
+            );
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(
+                "cannot own {} on the system bus: {e}; serving no D-Bus interface, ignoring",
+                agent1::NAME
+            );
+            return;
+        }
+    }
+    let iface = match conn
+        .object_server()
+        .interface::<_, Agent1>(agent1::PATH)
+        .await
+    {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!("the D-Bus object is gone: {e}, ignoring");
+            return;
+        }
+    };
+    tasks.spawn(signals(conn, iface, cluster, watches, events, cancel));
+}
+
+/// Emits `KeyChanged`, `LeaderChanged` and `PropertiesChanged`, and forgets the watches of
+/// connections that left the bus, until `cancel`.
+async fn signals(
+    conn: Connection,
+    iface: InterfaceRef<Agent1>,
+    cluster: Cluster,
+    watches: Watches,
+    mut events: broadcast::Receiver<Arc<Event>>,
+    cancel: CancellationToken,
+) {
+    let emitter = iface.signal_emitter().clone();
+    let mut metrics = cluster.raft().metrics();
+    let mut leader = cluster.leader();
+    let mut members = member_names(&cluster);
+    let gone = match zbus::fdo::DBusProxy::new(&conn).await {
+        Ok(p) => p.receive_name_owner_changed().await.ok(),
+        Err(_) => None,
+    };
+    let Some(mut gone) = gone else {
+        tracing::warn!("cannot follow clients leaving the bus; no signals, ignoring");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            ev = events.recv() => match ev {
+                Ok(ev) => key_changed(&emitter, &watches, &ev).await,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!("the bus fell {n} key events behind; watchers miss them, ignoring");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let (now, term) = {
+                    let m = metrics.borrow_and_update();
+                    (m.current_leader, m.current_term)
+                };
+                if now != leader {
+                    leader = now;
+                    let name = now.and_then(|id| member_name(&cluster, id)).unwrap_or_default();
+                    let id = now.map(id_hex).unwrap_or_default();
+                    let object = iface.get().await;
+                    if let Err(e) = Agent1::leader_change(&emitter, &name, &id, term).await {
+                        tracing::debug!("cannot emit LeaderChanged: {e}");
+                    }
+                    if let Err(e) = object.leader_changed(&emitter).await {
+                        tracing::debug!("cannot emit PropertiesChanged for Leader: {e}");
+                    }
+                }
+                let names = member_names(&cluster);
+                if names != members {
+                    members = names;
+                    if let Err(e) = iface.get().await.members_changed(&emitter).await {
+                        tracing::debug!("cannot emit PropertiesChanged for Members: {e}");
+                    }
+                }
+            },
+            Some(change) = gone.next() => {
+                if let Ok(args) = change.args()
+                    && args.new_owner().is_none()
+                {
+                    let mut w = watches.lock().unwrap_or_else(|p| p.into_inner());
+                    w.remove(args.name().as_str());
+                }
+            },
+        }
+    }
+}
+
+/// Emits `KeyChanged` once for `ev` if any connection watches a prefix it falls under.
+async fn key_changed(emitter: &SignalEmitter<'static>, watches: &Watches, ev: &Event) {
+    let watched = {
+        let w = watches.lock().unwrap_or_else(|p| p.into_inner());
+        w.values().flatten().any(|prefix| ev.matches(prefix, true))
+    };
+    if !watched {
+        return;
+    }
+    let node = key_node(&ev.node, now_ms());
+    if let Err(e) = Agent1::key_changed(emitter, &ev.node.key, ev.action.as_str(), node).await {
+        tracing::debug!("cannot emit KeyChanged: {e}");
+    }
+}
+
+fn member_name(cluster: &Cluster, id: u64) -> Option<String> {
+    cluster
+        .members()
+        .into_iter()
+        .find(|m| m.id == id)
+        .map(|m| m.member.name)
+}
+
+fn member_names(cluster: &Cluster) -> Vec<String> {
+    cluster
+        .members()
+        .into_iter()
+        .map(|m| m.member.name)
+        .collect()
+}
+
+#[interface(name = "org.flotilla.Agent1")]
+impl Agent1 {
+    /// A key or directory (without its children); `quorum`: a linearizable read through the
+    /// leader.
+    #[zbus(out_args("node"))]
+    async fn get_key(&self, key: &str, quorum: bool) -> Result<(KeyNode,), Error> {
+        let ev = self.read(key, false, quorum).await?;
+        Ok((key_node(&ev.node, now_ms()),))
+    }
+
+    /// What is under a directory (pre-order, sorted by key), or the key itself.
+    #[zbus(out_args("nodes"))]
+    async fn list_keys(
+        &self,
+        key: &str,
+        recursive: bool,
+        quorum: bool,
+    ) -> Result<Vec<KeyNode>, Error> {
+        let ev = self.read(key, recursive, quorum).await?;
+        let now = now_ms();
+        let mut out = Vec::new();
+        match &ev.node.nodes {
+            Some(children) if ev.node.dir => flatten(children, now, &mut out),
+            _ if ev.node.dir => {}
+            _ => out.push(key_node(&ev.node, now)),
+        }
+        Ok(out)
+    }
+
+    /// Sets a key, or creates a directory (option `dir`). Options (etcd v2's): `ttl` (t),
+    /// `prevExist` (b), `prevValue` (s), `prevIndex` (t). Returns the node written. Root and the
+    /// `flotilla` group only.
+    #[zbus(out_args("node"))]
+    async fn set_key(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        key: &str,
+        value: &str,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<(KeyNode,), Error> {
+        authorize(conn, &header, "SetKey").await?;
+        let mut params = vec![("value".to_string(), value.to_string())];
+        params.extend(etcd_params(
+            &options,
+            &[
+                agent1::options::TTL,
+                agent1::options::DIR,
+                agent1::options::PREV_EXIST,
+                agent1::options::PREV_VALUE,
+                agent1::options::PREV_INDEX,
+            ],
+        )?);
+        let ev = self.write("PUT", key, &params).await?;
+        Ok((key_node(&ev.node, now_ms()),))
+    }
+
+    /// Deletes a key, or a directory (options `dir`, `recursive`); `prevValue` (s) and
+    /// `prevIndex` (t) make it a compare-and-delete. Returns the node as it was. Root and the
+    /// `flotilla` group only.
+    #[zbus(out_args("previous"))]
+    async fn delete_key(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        key: &str,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<(KeyNode,), Error> {
+        authorize(conn, &header, "DeleteKey").await?;
+        let params = etcd_params(
+            &options,
+            &[
+                agent1::options::DIR,
+                agent1::options::RECURSIVE,
+                agent1::options::PREV_VALUE,
+                agent1::options::PREV_INDEX,
+            ],
+        )?;
+        let ev = self.write("DELETE", key, &params).await?;
+        let now = now_ms();
+        let mut node = ev
+            .prev_node
+            .as_ref()
+            .map_or_else(|| key_node(&ev.node, now), |p| key_node(p, now));
+        node.modified_index = ev.node.modified_index;
+        Ok((node,))
+    }
+
+    /// Subscribes the calling connection to `KeyChanged` for every change under `prefix` (until
+    /// it unsubscribes or leaves the bus).
+    async fn watch_keys(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        prefix: &str,
+    ) -> Result<(), Error> {
+        let sender = sender(&header)?;
+        let prefix = kv::normalize_key(prefix);
+        let mut w = self.watches.lock().unwrap_or_else(|p| p.into_inner());
+        let total: usize = w.values().map(BTreeSet::len).sum();
+        let mine = w.entry(sender.clone()).or_default();
+        if mine.contains(&prefix) {
+            return Ok(());
+        }
+        if mine.len() >= agent1::MAX_WATCHES_PER_CONNECTION {
+            return Err(Error::TooManyWatches(format!(
+                "connection {sender} watches {} prefixes, the limit; unwatch one first",
+                mine.len()
+            )));
+        }
+        if total >= MAX_WATCHES {
+            return Err(Error::TooManyWatches(format!(
+                "the agent serves {total} watches, the limit; try again later"
+            )));
+        }
+        mine.insert(prefix);
+        Ok(())
+    }
+
+    /// Ends a subscription of `WatchKeys`.
+    async fn unwatch_keys(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        prefix: &str,
+    ) -> Result<(), Error> {
+        let sender = sender(&header)?;
+        let prefix = kv::normalize_key(prefix);
+        let mut w = self.watches.lock().unwrap_or_else(|p| p.into_inner());
+        let removed = w.get_mut(&sender).is_some_and(|s| s.remove(&prefix));
+        if w.get(&sender).is_some_and(BTreeSet::is_empty) {
+            w.remove(&sender);
+        }
+        if removed {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "connection {sender} does not watch {prefix}"
+            )))
+        }
+    }
+
+    /// Every machine of the cluster, by name.
+    #[zbus(out_args("machines"))]
+    async fn list_machines(&self) -> Vec<MachineRecord> {
+        let a = self
+            .cluster
+            .shared()
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        a.state.machines.by_name.values().map(machine).collect()
+    }
+
+    /// One machine by name; `""`: the machine of this agent.
+    #[zbus(out_args("machine"))]
+    async fn get_machine(&self, name: &str) -> Result<(MachineRecord,), Error> {
+        let name = if name.is_empty() {
+            self.machine_name.as_str()
+        } else {
+            name
+        };
+        let a = self
+            .cluster
+            .shared()
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        match a.state.machines.by_name.get(name) {
+            Some(m) => Ok((machine(m),)),
+            None => Err(Error::MachineNotFound(format!(
+                "machine {name} is not registered in the cluster"
+            ))),
+        }
+    }
+
+    /// The members of the Raft group (voters and learners).
+    #[zbus(out_args("members"))]
+    async fn list_members(&self) -> Vec<MemberRecord> {
+        let leader = self.cluster.leader();
+        self.cluster
+            .members()
+            .iter()
+            .map(|m| member(m, leader))
+            .collect()
+    }
+
+    /// Registers a member that will start with `[cluster] join`; it joins as a learner and
+    /// becomes a voter while there are fewer than five. Root and the `flotilla` group only.
+    #[zbus(out_args("member"))]
+    async fn add_member(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        name: &str,
+        peer_url: &str,
+    ) -> Result<(MemberRecord,), Error> {
+        authorize(conn, &header, "AddMember").await?;
+        if name.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a member name is required (it determines the member id)".into(),
+            ));
+        }
+        let peer_addr = peer_url
+            .strip_prefix("http://")
+            .unwrap_or(peer_url)
+            .trim_end_matches('/')
+            .to_string();
+        if peer_addr.is_empty() || !peer_addr.contains(':') {
+            return Err(Error::InvalidArgument(format!(
+                "peer URL {peer_url:?} is not http://HOST:PORT"
+            )));
+        }
+        let m = Member {
+            name: name.to_string(),
+            peer_addr,
+            client_urls: Vec::new(),
+        };
+        let info = MemberInfo {
+            id: crate::raft::node_id(name),
+            member: m.clone(),
+            voter: false,
+        };
+        self.cluster
+            .add_learner(m)
+            .await
+            .map_err(|e| cluster_error(e, name))?;
+        Ok((member(&info, self.cluster.leader()),))
+    }
+
+    /// Removes a member, by id (16 hex digits) or name. Root and the `flotilla` group only.
+    async fn remove_member(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        member: &str,
+    ) -> Result<(), Error> {
+        authorize(conn, &header, "RemoveMember").await?;
+        let found = self
+            .cluster
+            .members()
+            .into_iter()
+            .find(|m| id_hex(m.id) == member || m.member.name == member);
+        let Some(m) = found else {
+            return Err(Error::MemberNotFound(format!(
+                "no member {member} (give its name or its id, as ListMembers shows them)"
+            )));
+        };
+        self.cluster
+            .remove(m.id)
+            .await
+            .map_err(|e| cluster_error(e, member))
+    }
+
+    /// Whether a leader is known and confirms its leadership with a quorum now.
+    #[zbus(out_args("health"))]
+    async fn health(&self) -> (Health,) {
+        let (term, applied_index) = self.cluster.raft_position();
+        let leader = self
+            .cluster
+            .leader()
+            .and_then(|id| member_name(&self.cluster, id))
+            .unwrap_or_default();
+        let (healthy, message) = match self.cluster.read_barrier().await {
+            Ok(()) => (true, "ok".to_string()),
+            Err(e) => (false, e.to_string()),
+        };
+        (Health {
+            healthy,
+            message,
+            leader,
+            term,
+            applied_index,
+        },)
+    }
+
+    /// A change under a watched prefix: the key, etcd's action, the node after the change.
+    #[zbus(signal)]
+    async fn key_changed(
+        emitter: &SignalEmitter<'_>,
+        key: &str,
+        action: &str,
+        node: KeyNode,
+    ) -> zbus::Result<()>;
+
+    /// The leader changed: its name and id (empty when there is none), and the term.
+    #[zbus(signal, name = "LeaderChanged")]
+    async fn leader_change(
+        emitter: &SignalEmitter<'_>,
+        name: &str,
+        id: &str,
+        term: u64,
+    ) -> zbus::Result<()>;
+
+    /// This machine's /etc/machine-id.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn machine_id(&self) -> String {
+        self.machine_id.clone()
+    }
+
+    /// The leader's name, empty when there is none.
+    #[zbus(property)]
+    fn leader(&self) -> String {
+        self.cluster
+            .leader()
+            .and_then(|id| member_name(&self.cluster, id))
+            .unwrap_or_default()
+    }
+
+    /// The names of the members.
+    #[zbus(property)]
+    fn members(&self) -> Vec<String> {
+        member_names(&self.cluster)
+    }
+
+    /// The agent's version.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn version(&self) -> String {
+        VERSION.to_string()
+    }
+}
+
+impl Agent1 {
+    async fn read(&self, key: &str, recursive: bool, quorum: bool) -> Result<Event, Error> {
+        let now = now_ms();
+        let mut params = vec![("sorted".to_string(), "true".to_string())];
+        if recursive {
+            params.push(("recursive".into(), "true".into()));
+        }
+        let req = kv::v2::parse("GET", key, &params, now, &self.limits).map_err(kv_error)?;
+        let kv::v2::V2Request::Get { key, .. } = req else {
+            return Err(Error::Failed(format!("a read of {key} parsed as a write")));
+        };
+        if quorum {
+            self.cluster
+                .read_barrier()
+                .await
+                .map_err(|e| cluster_error(e, &key))?;
+        }
+        let a = self
+            .cluster
+            .shared()
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        a.state.kv.get(&key, recursive, true).map_err(kv_error)
+    }
+
+    async fn write(
+        &self,
+        method: &str,
+        key: &str,
+        params: &[(String, String)],
+    ) -> Result<Event, Error> {
+        let req = kv::v2::parse(method, key, params, now_ms(), &self.limits).map_err(kv_error)?;
+        let kv::v2::V2Request::Write(w) = req else {
+            return Err(Error::Failed(format!("a write of {key} parsed as a read")));
+        };
+        match self.cluster.propose(Command::Kv(w)).await {
+            Ok(Response::Kv(Ok(ev))) => Ok(ev),
+            Ok(Response::Kv(Err(e))) => Err(kv_error(e)),
+            Ok(other) => Err(Error::Failed(format!(
+                "unexpected response to a write of {key}: {other:?}"
+            ))),
+            Err(e) => Err(cluster_error(e, key)),
+        }
+    }
+}
+
+/// Turns `SetKey` / `DeleteKey` options into etcd v2 parameters; an option not in `allowed`, or
+/// of the wrong type, is an error that names it.
+fn etcd_params(
+    options: &HashMap<String, OwnedVariant>,
+    allowed: &[&str],
+) -> Result<Vec<(String, String)>, Error> {
+    let mut out = Vec::new();
+    for (name, value) in options {
+        if !allowed.contains(&name.as_str()) {
+            return Err(Error::InvalidArgument(format!(
+                "unknown option {name:?}; this method takes {}",
+                allowed.join(", ")
+            )));
+        }
+        let wrong = |want: &str| {
+            Error::InvalidArgument(format!(
+                "option {name:?} must be of type {want}, not {}",
+                value.value_signature()
+            ))
+        };
+        let text = match name.as_str() {
+            agent1::options::TTL | agent1::options::PREV_INDEX => {
+                u64::try_from(&**value).map_err(|_| wrong("t"))?.to_string()
+            }
+            agent1::options::PREV_VALUE => String::try_from(&**value).map_err(|_| wrong("s"))?,
+            _ => bool::try_from(&**value)
+                .map_err(|_| wrong("b"))?
+                .to_string(),
+        };
+        out.push((name.clone(), text));
+    }
+    Ok(out)
+}
+
+/// Allows `method` for root and members of the `flotilla` group only.
+async fn authorize(conn: &Connection, header: &Header<'_>, method: &str) -> Result<(), Error> {
+    let sender = sender(header)?;
+    let bus = zbus::fdo::DBusProxy::new(conn)
+        .await
+        .map_err(|e| Error::Failed(format!("cannot ask the bus who called {method}: {e}")))?;
+    let name = zbus::names::BusName::try_from(sender.as_str())
+        .map_err(|e| Error::Failed(format!("caller {sender}: {e}")))?;
+    let creds = bus
+        .get_connection_credentials(name)
+        .await
+        .map_err(|e| Error::Failed(format!("cannot get the credentials of {sender}: {e}")))?;
+    let Some(uid) = creds.unix_user_id() else {
+        return Err(Error::AccessDenied(format!(
+            "{method} needs root or the group {}; the bus does not say who {sender} is",
+            agent1::GROUP
+        )));
+    };
+    if uid == 0 {
+        return Ok(());
+    }
+    if let Some(gid) = group_id(agent1::GROUP) {
+        let groups = match creds.unix_group_ids() {
+            Some(g) => g.clone(),
+            None => creds.process_id().map(process_groups).unwrap_or_default(),
+        };
+        if groups.contains(&gid) {
+            return Ok(());
+        }
+    }
+    Err(Error::AccessDenied(format!(
+        "{method} changes the cluster: it needs root or the group {}, and uid {uid} is neither",
+        agent1::GROUP
+    )))
+}
+
+fn sender(header: &Header<'_>) -> Result<String, Error> {
+    header
+        .sender()
+        .map(|s| s.to_string())
+        .ok_or_else(|| Error::Failed("the call carries no sender".into()))
+}
+
+/// The gid of `group` in /etc/group.
+fn group_id(group: &str) -> Option<u32> {
+    group_id_in(&std::fs::read_to_string("/etc/group").ok()?, group)
+}
+
+/// The gid of `group` in the text of an /etc/group file.
+fn group_id_in(text: &str, group: &str) -> Option<u32> {
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == group).then_some(())?;
+        f.nth(1)?.parse().ok()
+    })
+}
+
+/// The primary and supplementary groups of process `pid` (`Gid:` and `Groups:` of its status).
+fn process_groups(pid: u32) -> Vec<u32> {
+    status_groups(&std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default())
+}
+
+/// The groups of a `/proc/PID/status` text: the real gid and the supplementary groups.
+fn status_groups(text: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("Groups:") {
+            out.extend(
+                rest.split_whitespace()
+                    .filter_map(|g| g.parse::<u32>().ok()),
+            );
+        } else if let Some(rest) = line.strip_prefix("Gid:") {
+            out.extend(
+                rest.split_whitespace()
+                    .take(1)
+                    .filter_map(|g| g.parse::<u32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+fn flatten(nodes: &[Node], now: u64, out: &mut Vec<KeyNode>) {
+    for n in nodes {
+        out.push(key_node(n, now));
+        if let Some(children) = &n.nodes {
+            flatten(children, now, out);
+        }
+    }
+}
+
+fn key_node(n: &Node, now: u64) -> KeyNode {
+    KeyNode {
+        key: n.key.clone(),
+        value: n.value.clone().unwrap_or_default(),
+        dir: n.dir,
+        created_index: n.created_index,
+        modified_index: n.modified_index,
+        ttl: n
+            .expiration_ms
+            .map_or(0, |e| kv::json::ttl_seconds(e, now).max(1)),
+    }
+}
+
+fn machine(m: &Machine) -> MachineRecord {
+    MachineRecord {
+        name: m.name.clone(),
+        machine_id: m.machine_id.clone(),
+        addr: m.addr.clone(),
+        metadata: m.metadata.clone(),
+        status: match m.status {
+            Status::Up => "up",
+            Status::Lost => "lost",
+        }
+        .to_string(),
+        since_ms: m.since_ms,
+    }
+}
+
+fn member(m: &MemberInfo, leader: Option<u64>) -> MemberRecord {
+    MemberRecord {
+        id: id_hex(m.id),
+        name: m.member.name.clone(),
+        peer_url: format!("http://{}", m.member.peer_addr),
+        client_urls: m.member.client_urls.clone(),
+        voter: m.voter,
+        leader: Some(m.id) == leader,
+    }
+}
+
+/// An etcd error as a named error with a message that names the key.
+fn kv_error(e: kv::Error) -> Error {
+    let cause = e.cause;
+    match e.code {
+        ErrorCode::KeyNotFound => Error::KeyNotFound(format!("key {cause} not found")),
+        ErrorCode::NodeExist => Error::KeyExists(format!("key {cause} already exists")),
+        ErrorCode::TestFailed => Error::CompareFailed(format!("compare failed: {cause}")),
+        ErrorCode::NotFile => Error::NotAFile(format!("{cause} is a directory, not a key")),
+        ErrorCode::NotDir => Error::NotADirectory(format!("{cause} is not a directory")),
+        ErrorCode::DirNotEmpty => Error::DirectoryNotEmpty(format!(
+            "directory {cause} is not empty; delete it with the option recursive"
+        )),
+        ErrorCode::RaftInternal | ErrorCode::LeaderElect => Error::NoLeader(cause),
+        code => Error::InvalidArgument(format!("{}: {cause}", code.message().to_lowercase())),
+    }
+}
+
+fn cluster_error(e: cluster::Error, what: &str) -> Error {
+    match e {
+        cluster::Error::NoLeader(m) => Error::NoLeader(format!("{what}: no leader: {m}")),
+        cluster::Error::Rejected(m) => Error::Rejected(m),
+        cluster::Error::Raft(m) => Error::Failed(format!("{what}: {m}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zbus::Variant;
+
+    fn options(pairs: &[(&str, Variant<'static>)]) -> HashMap<String, OwnedVariant> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), OwnedVariant::try_from(v.clone()).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn options_become_etcd_parameters_and_mistakes_are_named() {
+        let allowed = [
+            agent1::options::TTL,
+            agent1::options::PREV_VALUE,
+            agent1::options::DIR,
+        ];
+        let mut got = etcd_params(
+            &options(&[
+                ("ttl", Variant::from(30u64)),
+                ("prevValue", Variant::from("old")),
+                ("dir", Variant::from(true)),
+            ]),
+            &allowed,
+        )
+        .unwrap();
+        got.sort();
+        let want: Vec<(String, String)> = [("dir", "true"), ("prevValue", "old"), ("ttl", "30")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(got, want);
+
+        let unknown = etcd_params(&options(&[("colour", Variant::from("red"))]), &allowed);
+        assert_eq!(
+            unknown.unwrap_err().message(),
+            "unknown option \"colour\"; this method takes ttl, prevValue, dir"
+        );
+        let wrong = etcd_params(&options(&[("ttl", Variant::from("soon"))]), &allowed);
+        assert_eq!(
+            wrong.unwrap_err().message(),
+            "option \"ttl\" must be of type t, not s"
+        );
+    }
+
+    #[test]
+    fn etcd_errors_become_named_errors_that_name_the_key() {
+        let e = kv_error(kv::Error::new(ErrorCode::KeyNotFound, "/message", 7));
+        assert_eq!(e.name(), "org.flotilla.Agent1.Error.KeyNotFound");
+        assert_eq!(e.message(), "key /message not found");
+        let e = kv_error(kv::Error::new(ErrorCode::NodeExist, "/message", 7));
+        assert_eq!(e.name(), "org.flotilla.Agent1.Error.KeyExists");
+        let e = kv_error(kv::Error::new(ErrorCode::TtlNaN, "ttl", 0));
+        assert_eq!(e.name(), "org.flotilla.Agent1.Error.InvalidArgument");
+        assert_eq!(
+            e.message(),
+            "the given ttl in post form is not a number: ttl"
+        );
+    }
+
+    #[test]
+    fn groups_come_from_etc_group_and_proc_status() {
+        let group = "root:x:0:\nflotilla:x:996:alice,bob\nnogroup:x:65534:\n";
+        assert_eq!(group_id_in(group, "flotilla"), Some(996));
+        assert_eq!(group_id_in(group, "flot"), None);
+        let status = "Name:\tbusctl\nUid:\t1000\t1000\t1000\t1000\n\
+                      Gid:\t1000\t1000\t1000\t1000\nGroups:\t24 996 \n";
+        assert_eq!(status_groups(status), [1000, 24, 996]);
+    }
+
+    #[test]
+    fn nodes_are_listed_in_pre_order_with_ttls_left() {
+        let leaf = |key: &str, exp: Option<u64>| Node {
+            key: key.into(),
+            value: Some("v".into()),
+            dir: false,
+            expiration_ms: exp,
+            modified_index: 2,
+            created_index: 1,
+            nodes: None,
+        };
+        let dir = Node {
+            key: "/d/s".into(),
+            value: None,
+            dir: true,
+            expiration_ms: None,
+            modified_index: 1,
+            created_index: 1,
+            nodes: Some(vec![leaf("/d/s/x", Some(10_500))]),
+        };
+        let mut out = Vec::new();
+        flatten(&[leaf("/d/a", None), dir], 1_000, &mut out);
+        let keys: Vec<(&str, i64)> = out.iter().map(|n| (n.key.as_str(), n.ttl)).collect();
+        assert_eq!(keys, [("/d/a", 0), ("/d/s", 0), ("/d/s/x", 10)]);
+    }
+}
