@@ -9,6 +9,15 @@
 //! API server per `[api] listen` address (2379), the heartbeat sender, the leader's machine
 //! watcher, the TTL ticker, the learner promoter and the stop-when-removed watch. Start-up
 //! (bootstrap or join, then publishing this member's client URLs) happens before READY=1.
+//!
+//! # Under systemd
+//!
+//! This task (the main loop) pings the watchdog after probing the Raft core, refreshes the
+//! STATUS= line every second (`notify`), reloads on SIGHUP, and stops gracefully on SIGTERM:
+//! the client API servers (their own `JoinSet`, under a child token) stop accepting and drain
+//! first, while Raft and the peer server still commit and answer; then everything else stops.
+//! openraft 0.9 has no leadership transfer: when the leader stops, the others elect a new one
+//! after an election timeout.
 
 mod api;
 mod bus;
@@ -16,6 +25,8 @@ mod cluster;
 mod config;
 mod expiry;
 mod liveness;
+mod logging;
+mod notify;
 mod peer;
 mod raft;
 mod watch;
@@ -41,7 +52,7 @@ use crate::raft::{Member, Raft, node_id};
 
 /// The flotilla agent.
 #[derive(Debug, Parser)]
-#[command(name = "flotillad", version, about)]
+#[command(name = "flotillad", version, about, disable_help_subcommand = true)]
 struct Args {
     /// The configuration file.
     #[arg(
@@ -56,32 +67,117 @@ struct Args {
     /// Overrides `data_dir` from the config file.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Generate>,
+}
+
+/// What packaging generates from these definitions (hidden from `--help`).
+#[derive(Debug, clap::Subcommand)]
+enum Generate {
+    /// Writes the man page flotillad.8 into DIR.
+    #[command(hide = true)]
+    Man {
+        /// The directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Prints the shell completion script for SHELL.
+    #[command(hide = true)]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
-        )
-        .init();
-    let mut cfg = Config::load(&args.config)?;
-    if let Some(n) = args.name {
-        cfg.name = Some(n);
+    if let Some(g) = args.command {
+        return generate(g);
     }
-    if let Some(d) = args.data_dir {
-        cfg.data_dir = d;
-    }
-    let settings = cfg.settings()?;
+    let logging = logging::Logging::init();
+    let source = Source {
+        path: args.config,
+        name: args.name,
+        data_dir: args.data_dir,
+    };
+    let settings = source.load()?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(run(settings))
+        .block_on(run(settings, source, logging))
 }
 
-async fn run(s: Settings) -> Result<()> {
+/// Where the settings come from: the config file and the command line's overrides (read
+/// again on reload).
+#[derive(Debug)]
+struct Source {
+    path: PathBuf,
+    name: Option<String>,
+    data_dir: Option<PathBuf>,
+}
+
+impl Source {
+    fn load(&self) -> Result<Settings> {
+        let mut cfg = Config::load(&self.path)?;
+        if let Some(n) = &self.name {
+            cfg.name = Some(n.clone());
+        }
+        if let Some(d) = &self.data_dir {
+            cfg.data_dir = d.clone();
+        }
+        Ok(cfg.settings()?)
+    }
+}
+
+/// The man page's text beyond the options.
+const MANUAL: &str = "\
+Signals:
+  SIGTERM, SIGINT  A graceful stop: STOPPING=1; the client API stops accepting and its in-flight
+                   requests finish (at most 5 s); then Raft shuts down. Exit status 0.
+  SIGHUP           Reload (systemctl reload flotillad): the config file is read again and checked;
+                   keys that changed are named and take effect on restart. The log filter is set
+                   again from the environment.
+
+systemd:
+  Run as Type=notify. READY=1 once the sockets are bound, the D-Bus name is owned and this member
+  has joined the cluster and published its client URLs, or after 10 s without a leader, with
+  STATUS= saying it waits for a quorum. STATUS= shows the role, the leader, voters, machines and
+  units (systemctl status flotillad). With WatchdogSec=, WATCHDOG=1 is sent every half period
+  while the Raft core answers; a hung agent is restarted. A task that fails ends the agent with a
+  non-zero status (Restart=on-failure).
+
+Logging:
+  To the journal, with structured fields (F_PEER=, F_NAME=, ...), when stderr is the journal
+  (JOURNAL_STREAM); as text to stderr otherwise. The filter is FLOTILLA_LOG, else RUST_LOG
+  (tracing's EnvFilter syntax), else info,openraft=error.
+
+Files:
+  /etc/flotilla/flotilla.toml  the configuration (FLOTILLA_CONFIG, --config)
+  /var/lib/flotilla            the Raft log, snapshots and images (data_dir)
+
+See also: flotctl(1), systemd.service(5), sd_notify(3)";
+
+/// `flotillad man` / `flotillad completions`: generated from the same definitions as `--help`.
+fn generate(g: Generate) -> Result<()> {
+    use clap::CommandFactory;
+    let cmd = Args::command().after_long_help(MANUAL);
+    match g {
+        Generate::Man { dir } => {
+            let path = dir.join("flotillad.8");
+            let mut out = Vec::new();
+            clap_mangen::Man::new(cmd).section("8").render(&mut out)?;
+            std::fs::write(&path, out)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        Generate::Completions { shell } => {
+            let mut cmd = cmd;
+            clap_complete::generate(shell, &mut cmd, "flotillad", &mut std::io::stdout());
+        }
+    }
+    Ok(())
+}
+
+async fn run(s: Settings, source: Source, logging: logging::Logging) -> Result<()> {
     std::fs::create_dir_all(&s.data_dir)
         .with_context(|| format!("cannot create {}", s.data_dir.display()))?;
     let peer_listener = TcpListener::bind(s.listen_peer)
@@ -145,8 +241,17 @@ async fn run(s: Settings) -> Result<()> {
         cancel.clone(),
     ));
     let api = api::Api::new(cluster.clone(), s.max_watchers_per_client);
+    // On shutdown the client API stops first (no new connections, in-flight requests finish)
+    // while Raft, the proposer and the peer server still run to commit and answer them.
+    let accepting = cancel.child_token();
+    let mut api_tasks = JoinSet::new();
     for l in api_listeners {
-        tasks.spawn(api::serve(l, api.clone(), s.max_body_bytes, cancel.clone()));
+        api_tasks.spawn(api::serve(
+            l,
+            api.clone(),
+            s.max_body_bytes,
+            accepting.clone(),
+        ));
     }
     tracing::info!(name = %s.name, id = %raft::id_hex(id), peer = %s.advertise_peer, "flotillad listening");
 
@@ -159,7 +264,39 @@ async fn run(s: Settings) -> Result<()> {
         &mut tasks,
     )
     .await;
-    bootstrap(&s, &cluster, &me, &cancel).await?;
+    // SIGTERM/SIGINT, as a token: seen during start-up and in the main loop alike.
+    let terminate = CancellationToken::new();
+    tokio::spawn({
+        let t = terminate.clone();
+        async move {
+            shutdown_signal().await;
+            t.cancel();
+        }
+    });
+    // The watchdog is pinged from this task (the one that would hang), after the Raft core
+    // answered: during start-up too, as systemd's watchdog runs from the start.
+    let watchdog = notify::Watchdog::from_env();
+    let mut watchdog_tick =
+        tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |w| w.interval()));
+    watchdog_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    {
+        let boot = bootstrap(&s, &cluster, &me, &cancel);
+        tokio::pin!(boot);
+        loop {
+            tokio::select! {
+                done = &mut boot => {
+                    done?;
+                    break;
+                }
+                _ = terminate.cancelled() => break,
+                _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                    if let Some(w) = &watchdog {
+                        w.probe_and_ping(&raft).await;
+                    }
+                }
+            }
+        }
+    }
 
     let machine = Machine {
         name: s.name.clone(),
@@ -194,11 +331,15 @@ async fn run(s: Settings) -> Result<()> {
         cancel.clone(),
     ));
 
-    let signal = shutdown_signal();
-    tokio::pin!(signal);
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot listen for SIGHUP")?;
+    let mut status_tick = tokio::time::interval(STATUS_EVERY);
+    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shown = Shown::default();
+    let mut failed = None;
     loop {
         tokio::select! {
-            _ = &mut signal => {
+            _ = terminate.cancelled() => {
                 tracing::info!("shutting down");
                 break;
             }
@@ -207,18 +348,162 @@ async fn run(s: Settings) -> Result<()> {
                 // A task that finishes its job ends normally; a panic ends the agent.
                 if let Err(e) = done {
                     tracing::error!("a task failed: {e}, shutting down");
+                    failed = Some(e);
                     break;
                 }
             }
+            _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                if let Some(w) = &watchdog {
+                    w.probe_and_ping(&raft).await;
+                }
+            }
+            _ = status_tick.tick() => shown.update(&s.name, &cluster),
+            _ = hangup.recv() => {
+                reload(&source, &s, &logging);
+                shown.line.clear();
+                shown.update(&s.name, &cluster);
+                notify::ready(&shown.line);
+            }
         }
     }
+
+    // Graceful shutdown: stop accepting clients and let their requests finish (bounded: watches
+    // would hold on forever), then stop Raft, which has committed and fsynced what it answered.
+    notify::stopping("stopping: finishing in-flight client requests");
+    accepting.cancel();
+    let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
+        while api_tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::info!(
+            "client connections still open after {DRAIN_DEADLINE:?} (watches), closing them"
+        );
+        api_tasks.abort_all();
+    }
+    notify::status("stopping: shutting Raft down");
     cancel.cancel();
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     if let Err(e) = raft.shutdown().await {
         tracing::warn!("raft shutdown: {e}, ignoring");
     }
     while tasks.join_next().await.is_some() {}
-    Ok(())
+    while api_tasks.join_next().await.is_some() {}
+    tracing::info!("stopped");
+    match failed {
+        // A non-zero exit: Restart=on-failure restarts the agent.
+        Some(e) => bail!("a task failed: {e}"),
+        None => Ok(()),
+    }
+}
+
+/// How often the STATUS= line is refreshed (only sent when it changed).
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// How long shutdown waits for in-flight client requests.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a member of a cluster waits for a leader before it reports ready anyway, with a
+/// STATUS= line saying it waits for a quorum (so a machine that boots alone does not fail).
+const QUORUM_PATIENCE: Duration = Duration::from_secs(10);
+
+/// The STATUS= line last sent, and the leader last logged.
+#[derive(Debug, Default)]
+struct Shown {
+    line: String,
+    leader: Option<Option<String>>,
+}
+
+impl Shown {
+    /// Sends STATUS= if it changed; logs leader changes.
+    fn update(&mut self, me: &str, cluster: &Cluster) {
+        let metrics = cluster.raft().metrics().borrow().clone();
+        let summary = {
+            let applied = cluster.shared().read().unwrap_or_else(|p| p.into_inner());
+            notify::Summary::read(me, &metrics, &applied.state)
+        };
+        if self.leader.as_ref() != Some(&summary.leader) {
+            match &summary.leader {
+                Some(l) => tracing::info!(leader = %l, term = summary.term, "the leader is {l}"),
+                None => tracing::warn!(term = summary.term, "no leader: waiting for a quorum"),
+            }
+            self.leader = Some(summary.leader.clone());
+        }
+        let line = summary.line();
+        if line != self.line {
+            notify::status(&line);
+            self.line = line;
+        }
+    }
+}
+
+/// SIGHUP / `systemctl reload`: reads the config file again and checks it. Nothing in it can
+/// change while the agent runs yet (sockets, membership, timings are fixed at start): a valid
+/// file's changed keys are named as taking effect on restart; an invalid one is reported and
+/// the running settings kept. The log filter is set again from the environment.
+fn reload(source: &Source, running: &Settings, logging: &logging::Logging) {
+    notify::reloading();
+    let path = source.path.display();
+    let new = match source.load() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("reload: {e:#}, keeping the running configuration");
+            return;
+        }
+    };
+    let (filter, from) = logging::configured_filter();
+    if let Err(e) = logging.set_filter(&filter) {
+        tracing::warn!("reload: {from}: {e}, keeping {:?}", logging.filter());
+    }
+    let changed: Vec<&str> = [
+        ("name", new.name != running.name),
+        ("data_dir", new.data_dir != running.data_dir),
+        (
+            "cluster.listen_peer",
+            new.listen_peer != running.listen_peer,
+        ),
+        (
+            "cluster.advertise_peer",
+            new.advertise_peer != running.advertise_peer,
+        ),
+        (
+            "cluster.initial_cluster",
+            new.initial_cluster != running.initial_cluster,
+        ),
+        ("cluster.join", new.join != running.join),
+        (
+            "cluster.heartbeat_interval",
+            new.heartbeat_interval != running.heartbeat_interval,
+        ),
+        (
+            "cluster.machine_lost_after",
+            new.machine_lost_after != running.machine_lost_after,
+        ),
+        (
+            "cluster.snapshot_entries",
+            new.snapshot_entries != running.snapshot_entries,
+        ),
+        ("api.listen", new.api_listen != running.api_listen),
+        ("api.advertise", new.client_urls != running.client_urls),
+        (
+            "api.max_body_bytes",
+            new.max_body_bytes != running.max_body_bytes,
+        ),
+        (
+            "api.max_watchers_per_client",
+            new.max_watchers_per_client != running.max_watchers_per_client,
+        ),
+        ("machine.metadata", new.metadata != running.metadata),
+    ]
+    .into_iter()
+    .filter_map(|(k, c)| c.then_some(k))
+    .collect();
+    if changed.is_empty() {
+        tracing::info!("reloaded {path}: nothing changed");
+    } else {
+        tracing::warn!(
+            "reloaded {path}: {} changed; this takes effect when the agent restarts \
+             (systemctl restart flotillad)",
+            changed.join(", ")
+        );
+    }
 }
 
 /// Joins or founds the cluster, then waits for a leader and tells systemd it is ready.
@@ -232,7 +517,10 @@ async fn bootstrap(
     let initialized = raft.is_initialized().await?;
     if !initialized {
         if !s.join.is_empty() {
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status("joining the cluster")]);
+            notify::status(&format!(
+                "joining the cluster through {}",
+                s.join.join(", ")
+            ));
             join(s, cluster, me, cancel).await?;
         } else {
             let founders: BTreeMap<_, _> = if s.initial_cluster.is_empty() {
@@ -256,8 +544,21 @@ async fn bootstrap(
             }
         }
     }
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status("waiting for quorum")]);
     let mut metrics = raft.metrics();
+    let voters = metrics
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .count();
+    let waiting = format!(
+        "no leader: waiting for a quorum ({} of {voters} voters)",
+        voters / 2 + 1
+    );
+    notify::status(&waiting);
+    let patience = tokio::time::sleep(QUORUM_PATIENCE);
+    tokio::pin!(patience);
+    let mut ready = false;
     loop {
         if metrics.borrow_and_update().current_leader.is_some() {
             break;
@@ -265,16 +566,20 @@ async fn bootstrap(
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             changed = metrics.changed() => changed.context("raft stopped")?,
+            // This member knows the cluster and serves what it can: ready, and STATUS says
+            // what it waits for, rather than failing the start of a machine that booted alone.
+            _ = &mut patience, if !ready => {
+                tracing::warn!("{waiting} after {QUORUM_PATIENCE:?}; reporting ready");
+                notify::ready(&waiting);
+                ready = true;
+            }
         }
     }
     // Clients (etcdctl syncs /v2/members first) find this member only once its client URLs
     // are in the membership: publish them before telling systemd the agent is ready.
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status("publishing the client URLs")]);
+    notify::status("publishing the client URLs");
     announce(cluster, cancel).await;
-    let _ = sd_notify::notify(&[
-        sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status("serving"),
-    ]);
+    notify::ready("serving");
     Ok(())
 }
 
