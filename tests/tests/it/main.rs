@@ -1,6 +1,7 @@
 mod bus;
 mod cluster;
 mod dns;
+mod faults;
 mod images;
 mod kv;
 mod packaging;
