@@ -69,8 +69,36 @@ pub use wait::{WaitError, wait_for, wait_for_async, wait_until};
 use instance::{InstanceError, Lock, MachineRecord, ProcessId, Record};
 use network::NetworkError;
 
-/// Directories every machine has its own (tmpfs) of: the host's files there are invisible inside.
+/// Directories every machine has its own (tmpfs) of: the host's files there are invisible inside,
+/// except the paths [`shared_paths`] names.
 const PRIVATE_DIRS: &[&str] = &["/tmp", "/var/tmp", "/run"];
+
+/// Host paths below [`PRIVATE_DIRS`] that machines must still see, at the same path: the build's
+/// target directory (test binaries, the agent, `CARGO_TARGET_TMPDIR`) and the agent's directory,
+/// when a checkout lives in /tmp, as CI's may. The boot script binds them back over the tmpfs.
+pub(crate) fn shared_paths(agent: Option<&Path>) -> Vec<PathBuf> {
+    let exe = std::env::current_exe().ok();
+    // target/PROFILE/deps/test-HASH or target/PROFILE/BIN -> target
+    let target = exe.as_deref().and_then(Path::parent).map(|dir| {
+        let profile = if dir.ends_with("deps") {
+            dir.parent().unwrap_or(dir)
+        } else {
+            dir
+        };
+        profile.parent().unwrap_or(profile).to_path_buf()
+    });
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for p in target
+        .into_iter()
+        .chain(agent.and_then(Path::parent).map(Path::to_path_buf))
+    {
+        let private = PRIVATE_DIRS.iter().any(|d| p.starts_with(d));
+        if private && p.is_dir() && !paths.iter().any(|q| p.starts_with(q)) {
+            paths.push(p);
+        }
+    }
+    paths
+}
 
 const BOOT_SCRIPT: &str = include_str!("testbed/boot.sh");
 
@@ -105,11 +133,6 @@ pub enum TestbedError {
         "agent binary {0} not found: build it (cargo build -p flotilla-agent) or pass --agent PATH or --no-agent"
     )]
     NoAgentBinary(PathBuf),
-    /// The agent binary is in a directory each machine has its own of.
-    #[error(
-        "agent binary {0} is in /tmp, /var/tmp or /run, which every machine has its own of: put it elsewhere (e.g. the target directory)"
-    )]
-    AgentNotVisible(PathBuf),
     /// No testbed with this id.
     #[error("no testbed {0} is up (see `testbed status`)")]
     NoSuchInstance(u8),
@@ -221,9 +244,6 @@ impl Testbed {
         if let Some(agent) = &options.agent {
             let agent =
                 fs::canonicalize(agent).map_err(|_| TestbedError::NoAgentBinary(agent.clone()))?;
-            if PRIVATE_DIRS.iter().any(|d| agent.starts_with(d)) {
-                return Err(TestbedError::AgentNotVisible(agent));
-            }
             options.agent = Some(agent);
         }
         let record = {

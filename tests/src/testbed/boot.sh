@@ -38,10 +38,30 @@ machine)
 	cat /proc/sys/kernel/random/uuid >"$dir/boot_id"
 	mount --bind "$dir/boot_id" /proc/sys/kernel/random/boot_id
 	mkdir -p /var/log/journal
+	# Host paths below /run, /tmp or /var/tmp the machine must still see (the build's target
+	# directory when the checkout lives in /tmp; colon-separated in FLOTILLA_TESTBED_SHARE): held
+	# aside in the machine's directory, bound back at the same path over the tmpfs mounts below.
+	ifs=$IFS
+	IFS=:
+	i=0
+	for p in ${FLOTILLA_TESTBED_SHARE:-}; do
+		i=$((i + 1))
+		mkdir -p "$dir/held/$i"
+		mount --bind "$p" "$dir/held/$i"
+	done
+	IFS=$ifs
 	mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
 	mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
 	# systemd-tmpfiles removes /var/tmp/systemd-private-*: each machine needs its own /var/tmp.
 	mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /var/tmp
+	IFS=:
+	i=0
+	for p in ${FLOTILLA_TESTBED_SHARE:-}; do
+		i=$((i + 1))
+		mkdir -p "$p"
+		mount --bind "$dir/held/$i" "$p"
+	done
+	IFS=$ifs
 	mkdir -p /run/systemd/system /run/systemd/journald.conf.d
 	# Bus policies of its own (the agent's): the host's /etc/dbus-1/system.d plus the machine's
 	# dbus-system.d/, copied into its /run and bind-mounted over /etc/dbus-1/system.d here only.

@@ -302,8 +302,11 @@ pub(crate) fn launch(tb: &Testbed, index: usize) -> Result<Child, MachineError> 
         .open(&console_path)
         .map_err(io(&console_path))?;
     let console_err = console.try_clone().map_err(io(&console_path))?;
+    let share = super::shared_paths(tb.record().agent.as_deref());
+    let share: Vec<&str> = share.iter().filter_map(|p| p.to_str()).collect();
     let mut command = Command::new("sh");
     command
+        .env("FLOTILLA_TESTBED_SHARE", share.join(":"))
         .arg(&script)
         .arg("host")
         .arg(&machine.dir)
