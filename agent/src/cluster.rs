@@ -12,6 +12,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::raft::log_store::Durable;
 use crate::raft::network::{Peers, path};
 use crate::raft::proposer::{ProposeError, Proposer};
 use crate::raft::state_machine::Shared;
@@ -89,10 +90,15 @@ struct Inner {
     hub: Hub,
     peers: Peers,
     proposer: Proposer,
+    durable: Durable,
 }
 
 impl Cluster {
     /// Wraps a started Raft.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "each is a distinct part built in main"
+    )]
     pub(crate) fn new(
         id: NodeId,
         me: Member,
@@ -101,6 +107,7 @@ impl Cluster {
         hub: Hub,
         peers: Peers,
         proposer: Proposer,
+        durable: Durable,
     ) -> Self {
         Cluster {
             inner: Arc::new(Inner {
@@ -111,6 +118,7 @@ impl Cluster {
                 hub,
                 peers,
                 proposer,
+                durable,
             }),
         }
     }
@@ -137,6 +145,11 @@ impl Cluster {
 
     pub(crate) fn peers(&self) -> &Peers {
         &self.inner.peers
+    }
+
+    /// How far this member's Raft log is on disk.
+    pub(crate) fn durable(&self) -> &Durable {
+        &self.inner.durable
     }
 
     /// The leader as this member knows it.
@@ -174,7 +187,16 @@ impl Cluster {
     pub(crate) async fn propose(&self, cmd: Command) -> Result<Response, Error> {
         match self.on_leader(LeaderRequest::Propose(cmd)).await? {
             LeaderReply::Applied(r, index) => {
-                // Read your writes on this member, as etcd: answer once applied here too.
+                // Read your writes on this member, as etcd: answer once applied here too. On
+                // the leader (and a follower that is quick) it already is: no need to wait
+                // for the metrics to say so.
+                let applied = {
+                    let a = self.inner.shared.read().unwrap_or_else(|p| p.into_inner());
+                    a.last_applied.map(|l| l.index)
+                };
+                if applied.is_some_and(|a| a >= index) {
+                    return Ok(*r);
+                }
                 let wait = self.inner.raft.wait(Some(LEADER_DEADLINE));
                 if let Err(e) = wait.applied_index_at_least(Some(index), "write").await {
                     tracing::debug!("the write at {index} is not applied here yet: {e}");

@@ -7,7 +7,8 @@
 //! `CancellationToken` fires (SIGTERM/SIGINT) and lives in one `JoinSet`: the Raft core
 //! (openraft's own tasks), the proposer (batches writes), the peer server (2380), one client
 //! API server per `[api] listen` address (2379), the heartbeat sender, the leader's machine
-//! watcher, the TTL ticker, the learner promoter and the stop-when-removed watch. Start-up
+//! watcher, the TTL ticker, the scheduler (plans on the leader), the reconciler (drives this
+//! machine's systemd), the learner promoter and the stop-when-removed watch. Start-up
 //! (bootstrap or join, then publishing this member's client URLs) happens before READY=1.
 //!
 //! # Under systemd
@@ -29,6 +30,8 @@ mod logging;
 mod notify;
 mod peer;
 mod raft;
+mod reconciler;
+mod scheduler;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -200,7 +203,9 @@ async fn run(s: Settings, source: Source, logging: logging::Logging) -> Result<(
     };
     let hub = watch::Hub::default();
     let log = raft::log_store::LogStore::open(&s.data_dir)?;
-    let sm = raft::state_machine::StateMachine::open(&s.data_dir, hub.clone())?;
+    let durable = log.durable();
+    let sm =
+        raft::state_machine::StateMachine::open(&s.data_dir, hub.clone())?.gate_on(durable.clone());
     let shared = sm.shared();
     let peers = Peers::new().context("cannot build the peer client")?;
     let raft_config = openraft::Config {
@@ -221,6 +226,7 @@ async fn run(s: Settings, source: Source, logging: logging::Logging) -> Result<(
         Arc::new(raft_config),
         Factory {
             peers: peers.clone(),
+            durable: durable.clone(),
         },
         log,
         sm,
@@ -231,7 +237,16 @@ async fn run(s: Settings, source: Source, logging: logging::Logging) -> Result<(
     let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let proposer = raft::proposer::Proposer::spawn(raft.clone(), cancel.clone(), &mut tasks);
-    let cluster = Cluster::new(id, me.clone(), raft.clone(), shared, hub, peers, proposer);
+    let cluster = Cluster::new(
+        id,
+        me.clone(),
+        raft.clone(),
+        shared,
+        hub,
+        peers,
+        proposer,
+        durable,
+    );
     let liveness = Liveness::default();
 
     tasks.spawn(peer::serve(
@@ -324,6 +339,12 @@ async fn run(s: Settings, source: Source, logging: logging::Logging) -> Result<(
         cancel.clone(),
     ));
     tasks.spawn(expiry::run(cluster.clone(), cancel.clone()));
+    tasks.spawn(scheduler::run(
+        cluster.clone(),
+        flotilla_state::scheduler::SchedulerConfig::default(),
+        cancel.clone(),
+    ));
+    tasks.spawn(reconciler::run(cluster.clone(), cancel.clone()));
     tasks.spawn(cluster::stop_when_removed(cluster.clone(), cancel.clone()));
     tasks.spawn(cluster::promote_learners(
         cluster.clone(),

@@ -1,5 +1,7 @@
 //! The peer server on port 2380: Raft RPCs, requests for the leader, and heartbeats, as
-//! postcard bodies over HTTP/2 (or HTTP/1.1) with keep-alive connections.
+//! postcard bodies over HTTP/1.1 (or HTTP/2) with keep-alive connections and TCP_NODELAY.
+
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -7,7 +9,10 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use axum::serve::ListenerExt as _;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
@@ -20,6 +25,8 @@ use crate::raft::network::path;
 
 /// The largest peer message (a batch of log entries or a snapshot chunk).
 const MAX_PEER_BODY: usize = 64 * 1024 * 1024;
+/// How long an `AppendEntries` answer waits for its entries to be durable.
+const DURABLE_DEADLINE: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 struct Peer {
@@ -42,6 +49,12 @@ pub(crate) async fn serve(
         .route(path::HEARTBEAT, post(heartbeat))
         .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
         .with_state(Peer { cluster, liveness });
+    // Replies are small and latency-bound: no Nagle delay on the peer connections.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY on a peer connection: {e}");
+        }
+    });
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await
@@ -73,11 +86,36 @@ fn encode<T: Serialize>(v: &T) -> Response {
     }
 }
 
+/// Appends through Raft, and answers a success only once the entries it claims are durable in
+/// this member's log (the log reports appends flushed before they are: see `raft::log_store`),
+/// and not replaced by a truncation meanwhile; else the leader hears a failure and resends.
 async fn append(State(p): State<Peer>, body: Bytes) -> Response {
-    match decode::<AppendEntriesRequest<TypeConfig>>(&body) {
-        Ok(req) => encode(&p.cluster.raft().append_entries(req).await),
-        Err(r) => *r,
+    let req = match decode::<AppendEntriesRequest<TypeConfig>>(&body) {
+        Ok(req) => req,
+        Err(r) => return *r,
+    };
+    let matched = req.entries.last().map(|e| e.log_id).or(req.prev_log_id);
+    let durable = p.cluster.durable();
+    let truncations = durable.truncations();
+    let reply = p.cluster.raft().append_entries(req).await;
+    let claimed = match &reply {
+        Ok(AppendEntriesResponse::Success) => matched,
+        Ok(AppendEntriesResponse::PartialSuccess(m)) => *m,
+        _ => None,
+    };
+    if let Some(claimed) = claimed {
+        if let Err(e) = durable.wait(claimed.index, DURABLE_DEADLINE).await {
+            return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response();
+        }
+        if durable.truncations() != truncations {
+            return (
+                StatusCode::CONFLICT,
+                format!("the raft log was truncated while entry {claimed} was being stored"),
+            )
+                .into_response();
+        }
     }
+    encode(&reply)
 }
 
 async fn vote(State(p): State<Peer>, body: Bytes) -> Response {

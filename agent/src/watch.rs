@@ -16,12 +16,16 @@ const CAPACITY: usize = 4096;
 #[derive(Clone)]
 pub(crate) struct Hub {
     tx: broadcast::Sender<Arc<Event>>,
+    /// Bumped after every applied batch that changed units or machines (or a snapshot was
+    /// installed): the scheduler and the reconciler wake on it and read the state.
+    units: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Default for Hub {
     fn default() -> Self {
         Hub {
             tx: broadcast::channel(CAPACITY).0,
+            units: Arc::new(tokio::sync::watch::channel(0).0),
         }
     }
 }
@@ -30,6 +34,16 @@ impl Hub {
     /// Publishes an applied event (no receiver is fine).
     pub(crate) fn publish(&self, ev: Arc<Event>) {
         let _ = self.tx.send(ev);
+    }
+
+    /// Says that units or machines changed (coalesced: a slow reader sees the latest only).
+    pub(crate) fn units_changed(&self) {
+        self.units.send_modify(|g| *g += 1);
+    }
+
+    /// Wakes whenever units or machines changed after the last look.
+    pub(crate) fn watch_units(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.units.subscribe()
     }
 
     /// A new subscription to the events applied from now on.

@@ -15,7 +15,13 @@ mod kv;
 mod man;
 mod member;
 mod unit_files;
+mod units;
 mod verify;
+
+use units::{
+    destroy, journal, list_machines, list_unit_files, list_units, load, start, status, stop,
+    submit, unload,
+};
 
 /// Options every command takes.
 #[derive(Debug, Clone, clap::Args)]
@@ -62,6 +68,17 @@ commands! {
     Cat => cat,
     Kv => kv,
     Member => member,
+    Submit => submit,
+    Load => load,
+    Start => start,
+    Stop => stop,
+    Unload => unload,
+    Destroy => destroy,
+    ListUnits => list_units,
+    ListUnitFiles => list_unit_files,
+    ListMachines => list_machines,
+    Status => status,
+    Journal => journal,
     Completions => completions,
     Man => man,
 }
@@ -70,6 +87,9 @@ const EXAMPLES: &str = "\
 Examples:
   flotctl verify hello.service web@.service     check unit files before submitting them
   flotctl cat hello.service                     the unit as systemd and flotilla see it
+  flotctl start hello.service                   submit the file, schedule it, wait until active
+  flotctl list-units                            where units run and their systemd states
+  flotctl journal -n 20 hello.service           its journal, from the machine that runs it
   flotctl completions bash > /usr/share/bash-completion/completions/flotctl
   flotctl man --dir /usr/share/man/man1         one page per command
 

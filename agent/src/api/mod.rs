@@ -1,11 +1,13 @@
 //! The client HTTP API on port 2379: etcd's v2 keys API and what `etcdctl` (v2) calls around
 //! it (`/version`, `/health`, `/v2/members`, `/v2/stats/*`), and flotilla's own
-//! `/flotilla/v1/machines`.
+//! `/flotilla/v1/machines`, flotctl's `/flotilla/v1/units` and fleet's `/fleet/v1/*`.
 
+mod fleet;
 mod keys;
 mod machines;
 mod members;
 mod stats;
+mod units;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -125,6 +127,20 @@ pub(crate) async fn serve(
         .route("/v2/members/leader", get(members::leader))
         .route("/v2/members/{id}", axum::routing::delete(members::remove))
         .route("/flotilla/v1/machines", get(machines::list))
+        .route("/flotilla/v1/units", get(units::list))
+        .route(
+            "/flotilla/v1/units/{name}",
+            get(units::get).put(units::put).delete(units::destroy),
+        )
+        .route("/flotilla/v1/units/{name}/status", get(units::status))
+        .route("/flotilla/v1/units/{name}/journal", get(units::journal))
+        .route("/fleet/v1/units", get(fleet::list))
+        .route(
+            "/fleet/v1/units/{name}",
+            get(fleet::get).put(fleet::put).delete(fleet::destroy),
+        )
+        .route("/fleet/v1/state", get(fleet::state))
+        .route("/fleet/v1/machines", get(fleet::machines))
         .route("/v2/stats/self", get(stats::this))
         .route("/v2/stats/leader", get(stats::leader))
         .route("/v2/stats/store", get(stats::store))

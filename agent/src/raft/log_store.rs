@@ -4,12 +4,31 @@
 //!
 //! One writer thread owns every write transaction. `append` puts the entries in an in-memory
 //! table of unflushed entries (so they are readable at once, as openraft requires) and queues
-//! them for the writer; the writer takes everything queued meanwhile into one transaction,
-//! commits it with `Durability::Immediate` (fsync), and only then tells openraft the entries
-//! are flushed. So the leader's fsync overlaps the replication to the followers, and one fsync
-//! serves every append that arrived while the previous one ran (group commit). An entry this
-//! member acknowledged survives `kill -9`. Votes, truncation and purges go through the same
+//! them for the writer; the writer takes everything queued meanwhile into one transaction and
+//! commits it with `Durability::Immediate` (fsync): one fsync serves every append that arrived
+//! while the previous one ran (group commit). Votes, truncation and purges go through the same
 //! queue, in order, and their callers wait for the commit.
+//!
+//! # Durability is tracked here, not by openraft's flush callback
+//!
+//! openraft 0.9 waits for an append's flush callback inside its core task, before it sends the
+//! entries to the followers and before it handles anything else: the leader's fsync and the
+//! followers' would run one after the other, and one append at a time. So `append` reports the
+//! entries flushed at once, and what is really on disk is published as [`Durable`], which the
+//! three places that need durability wait for:
+//!
+//! - the state machine applies an entry only once it is durable here
+//!   ([`StateMachine::gate_on`](super::state_machine::StateMachine::gate_on)): nothing is
+//!   applied, read or acknowledged before it is fsynced on the leader and (by the next rule) on
+//!   enough followers for a quorum;
+//! - a follower answers an `AppendEntries` successfully only once the entries it matched are
+//!   durable here (`peer.rs`), so the leader counts only fsynced followers;
+//! - the leader never tells followers a commit index beyond its own durable log
+//!   ([`network`](super::network)), so a follower never applies an entry the leader could
+//!   still lose.
+//!
+//! So the leader's fsync overlaps the replication round trip, as in etcd, and an acknowledged
+//! write is fsynced on a quorum and survives `kill -9` of any member.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -17,6 +36,7 @@ use std::ops::RangeBounds;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
@@ -25,7 +45,7 @@ use openraft::{
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::{NodeId, TypeConfig};
 
@@ -49,16 +69,87 @@ pub(crate) enum Error {
     /// The writer thread could not be started.
     #[error("cannot start the raft log writer: {0}")]
     Thread(std::io::Error),
+    /// The log could not be made durable (the writer failed or stopped).
+    #[error("the raft log writer failed or stopped before index {0} was durable")]
+    Stopped(u64),
+    /// The log was not durable up to the index in time.
+    #[error("raft log index {0} was not durable within {1:?}")]
+    Timeout(u64, Duration),
+}
+
+/// What the writer has committed to disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct OnDisk {
+    /// Every entry up to this index is durable (`None`: no entry is).
+    index: Option<u64>,
+    /// The id of the entry at `index`, when known (unknown right after a truncation).
+    last: Option<LogId<NodeId>>,
+    /// The writer failed: nothing more becomes durable.
+    failed: bool,
+}
+
+/// How far this member's log is on disk; cloned into the state machine, the peer server and
+/// the network client.
+#[derive(Clone)]
+pub(crate) struct Durable {
+    rx: watch::Receiver<OnDisk>,
+    truncations: Arc<AtomicU64>,
+}
+
+impl Durable {
+    /// The id of the last durable entry, when known.
+    pub(crate) fn last(&self) -> Option<LogId<NodeId>> {
+        self.rx.borrow().last
+    }
+
+    /// How many truncations this log has seen: an answer that waited for durability is only
+    /// true if no truncation replaced the entries meanwhile.
+    pub(crate) fn truncations(&self) -> u64 {
+        self.truncations.load(Ordering::SeqCst)
+    }
+
+    /// Waits until every entry up to `index` is durable, at most `timeout`.
+    pub(crate) async fn wait(&self, index: u64, timeout: Duration) -> Result<(), Error> {
+        tokio::time::timeout(timeout, self.wait_long(index))
+            .await
+            .map_err(|_| Error::Timeout(index, timeout))?
+    }
+
+    /// Waits until every entry up to `index` is durable, however long the disk takes.
+    pub(crate) async fn wait_long(&self, index: u64) -> Result<(), Error> {
+        let mut rx = self.rx.clone();
+        let d = *rx
+            .wait_for(|d| d.failed || d.index.is_some_and(|i| i >= index))
+            .await
+            .map_err(|_| Error::Stopped(index))?;
+        if d.failed {
+            Err(Error::Stopped(index))
+        } else {
+            Ok(())
+        }
+    }
 }
 
 type WriteFn = Box<dyn FnOnce(&WriteTransaction) -> Result<(), redb::Error> + Send>;
 
 /// Work for the writer thread.
 enum Op {
-    /// Entries `(index, sequence, bytes)` to store, and whom to tell once they are durable.
-    Append(Vec<(u64, u64, Arc<[u8]>)>, LogFlushed<TypeConfig>),
-    /// Any other write, and whom to tell once it is durable (if anyone).
-    Write(WriteFn, Option<oneshot::Sender<Result<(), String>>>),
+    /// Entries `(index, sequence, bytes)` to store, and the id of the last one.
+    Append(Vec<(u64, u64, Arc<[u8]>)>, LogId<NodeId>),
+    /// Any other write, whom to tell once it is durable, and what it does to the log's end.
+    Write(WriteFn, oneshot::Sender<Result<(), String>>, Effect),
+}
+
+/// What a write other than an append does to the durable end of the log.
+#[derive(Debug, Clone, Copy)]
+enum Effect {
+    /// Nothing (a vote).
+    None,
+    /// Removes the entries from this index on.
+    Truncate(u64),
+    /// Removes the entries up to this one, which a durable snapshot covers: the log counts as
+    /// durable at least that far.
+    Purge(LogId<NodeId>),
 }
 
 /// An appended entry not yet known to be in the database.
@@ -72,6 +163,9 @@ struct Inner {
     db: Database,
     /// Appended entries the writer has not committed yet, by index.
     unflushed: Mutex<BTreeMap<u64, Unflushed>>,
+    /// The last committed log id openraft reported (encoded), not yet written: it rides along
+    /// with the next transaction instead of costing an fsync of its own.
+    committed: Mutex<Option<Vec<u8>>>,
     seq: AtomicU64,
 }
 
@@ -80,6 +174,7 @@ struct Inner {
 pub(crate) struct LogStore {
     inner: Arc<Inner>,
     tx: mpsc::Sender<Op>,
+    durable: Durable,
 }
 
 impl LogStore {
@@ -99,18 +194,33 @@ impl LogStore {
             path: path.display().to_string(),
             source,
         })?;
+        let on_disk = last_on_disk(&db).map_err(|source| Error::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let (durable_tx, durable_rx) = watch::channel(on_disk);
         let inner = Arc::new(Inner {
             db,
             unflushed: Mutex::default(),
+            committed: Mutex::default(),
             seq: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel();
         let writer = inner.clone();
         std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || write_loop(&writer, &rx))
+            .spawn(move || write_loop(&writer, &rx, &durable_tx))
             .map_err(Error::Thread)?;
-        Ok(LogStore { inner, tx })
+        let durable = Durable {
+            rx: durable_rx,
+            truncations: Arc::default(),
+        };
+        Ok(LogStore { inner, tx, durable })
+    }
+
+    /// How far this log is on disk.
+    pub(crate) fn durable(&self) -> Durable {
+        self.durable.clone()
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
@@ -125,11 +235,12 @@ impl LogStore {
         Ok(postcard::from_bytes(v.value()).ok())
     }
 
-    /// Queues a write and waits until it is committed durably.
-    async fn write(&self, f: WriteFn) -> Result<(), AnyError> {
+    /// Queues a write (with its `effect` on the log's end) and waits until it is committed
+    /// durably.
+    async fn write(&self, f: WriteFn, effect: Effect) -> Result<(), AnyError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Op::Write(f, Some(tx)))
+            .send(Op::Write(f, tx, effect))
             .map_err(|_| AnyError::error("the raft log writer stopped"))?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
@@ -146,22 +257,56 @@ impl LogStore {
     }
 }
 
-/// The writer thread: one durable transaction for everything queued, then the callbacks.
-fn write_loop(inner: &Inner, rx: &mpsc::Receiver<Op>) {
+/// The last entry in a freshly opened database (or the last purged one): all of it is durable.
+fn last_on_disk(db: &Database) -> Result<OnDisk, redb::Error> {
+    let txn = db.begin_read()?;
+    let last = match txn.open_table(LOGS)?.last()? {
+        Some((_, v)) => decode(v.value()).ok().map(|e| e.log_id),
+        None => None,
+    };
+    let last = match last {
+        Some(l) => Some(l),
+        None => match txn.open_table(META)?.get(PURGED)? {
+            Some(v) => postcard::from_bytes(v.value()).ok(),
+            None => None,
+        },
+    };
+    Ok(OnDisk {
+        index: last.map(|l| l.index),
+        last,
+        failed: false,
+    })
+}
+
+/// The writer thread: one durable transaction for everything queued, then the waiters and
+/// the new [`Durable`] position.
+fn write_loop(inner: &Inner, rx: &mpsc::Receiver<Op>, durable: &watch::Sender<OnDisk>) {
+    let mut on_disk = *durable.borrow();
     while let Ok(first) = rx.recv() {
+        // The committed log id is taken before the queue is drained: the entries it names
+        // were queued before openraft could commit them, so they are in this transaction (or
+        // an earlier one), and the stored id never runs ahead of the stored log.
+        let committed = inner
+            .committed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         let mut ops = vec![first];
         while let Ok(op) = rx.try_recv() {
             ops.push(op);
         }
-        let mut flushed = Vec::new();
         let mut done = Vec::new();
         let mut appended = Vec::new();
+        let mut next = on_disk;
         let result = (|| -> Result<(), redb::Error> {
             let mut txn = inner.db.begin_write()?;
             txn.set_durability(Durability::Immediate)?;
+            if let Some(bytes) = committed {
+                put_meta(&txn, COMMITTED, &bytes)?;
+            }
             for op in ops {
                 match op {
-                    Op::Append(entries, callback) => {
+                    Op::Append(entries, last) => {
                         {
                             let mut table = txn.open_table(LOGS)?;
                             for (index, _, bytes) in &entries {
@@ -169,11 +314,27 @@ fn write_loop(inner: &Inner, rx: &mpsc::Receiver<Op>) {
                             }
                         }
                         appended.extend(entries.into_iter().map(|(index, seq, _)| (index, seq)));
-                        flushed.push(callback);
+                        next.index = Some(last.index);
+                        next.last = Some(last);
                     }
-                    Op::Write(f, reply) => {
+                    Op::Write(f, reply, effect) => {
                         f(&txn)?;
-                        done.extend(reply);
+                        done.push(reply);
+                        match effect {
+                            Effect::None => {}
+                            Effect::Truncate(from) => {
+                                if next.index.is_some_and(|i| i >= from) {
+                                    next.index = from.checked_sub(1);
+                                    next.last = None;
+                                }
+                            }
+                            Effect::Purge(upto) => {
+                                if next.index < Some(upto.index) {
+                                    next.index = Some(upto.index);
+                                    next.last = Some(upto);
+                                }
+                            }
+                        }
                     }
                 }
             }
@@ -190,21 +351,21 @@ fn write_loop(inner: &Inner, rx: &mpsc::Receiver<Op>) {
                         }
                     }
                 }
-                for cb in flushed {
-                    cb.log_io_completed(Ok(()));
-                }
+                on_disk = next;
+                durable.send_replace(on_disk);
                 for reply in done {
                     let _ = reply.send(Ok(()));
                 }
             }
             Err(e) => {
+                // Entries openraft believes flushed may be lost: nothing may wait on this log
+                // any more (the state machine then fails, and with it Raft).
                 tracing::error!("cannot write the raft log: {e}");
-                for cb in flushed {
-                    cb.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                }
+                durable.send_modify(|d| d.failed = true);
                 for reply in done {
                     let _ = reply.send(Err(e.to_string()));
                 }
+                return;
             }
         }
     }
@@ -291,9 +452,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
         let bytes = encode(vote).map_err(StorageIOError::write_vote)?;
-        self.write(Box::new(move |txn| put_meta(txn, VOTE, &bytes)))
-            .await
-            .map_err(|e| StorageIOError::write_vote(e).into())
+        self.write(
+            Box::new(move |txn| put_meta(txn, VOTE, &bytes)),
+            Effect::None,
+        )
+        .await
+        .map_err(|e| StorageIOError::write_vote(e).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
@@ -305,20 +469,29 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
-        // Not waited for: it only lets a restart apply more of the log at once, and it rides
-        // along with the next log write.
+        // Not written at once: it only lets a restart apply more of the log at once, so it
+        // rides along with the next log write instead of costing an fsync of its own.
         let bytes = encode(&committed).map_err(StorageIOError::write)?;
-        self.tx
-            .send(Op::Write(
-                Box::new(move |txn| put_meta(txn, COMMITTED, &bytes)),
-                None,
-            ))
-            .map_err(|_| {
-                StorageIOError::write(AnyError::error("the raft log writer stopped")).into()
-            })
+        *self
+            .inner
+            .committed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(bytes);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        let pending = self
+            .inner
+            .committed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(bytes) = pending {
+            let v: Option<LogId<NodeId>> = postcard::from_bytes(&bytes)
+                .map_err(|e| StorageIOError::read(AnyError::new(&e)))?;
+            return Ok(v);
+        }
         let v: Option<Option<LogId<NodeId>>> = self
             .read_meta(COMMITTED)
             .map_err(|e| StorageIOError::read(AnyError::new(&e)))?;
@@ -335,11 +508,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut encoded = Vec::new();
+        let mut last = None;
         for e in entries {
+            last = Some(e.log_id);
             let bytes: Arc<[u8]> = encode(&e).map_err(StorageIOError::write_logs)?.into();
             let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
             encoded.push((e.log_id.index, seq, bytes));
         }
+        let Some(last) = last else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
         {
             let mut unflushed = self.unflushed();
             for (index, seq, bytes) in &encoded {
@@ -352,18 +531,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 );
             }
         }
-        self.tx.send(Op::Append(encoded, callback)).map_err(|_| {
-            StorageIOError::write_logs(AnyError::error("the raft log writer stopped")).into()
-        })
+        self.tx.send(Op::Append(encoded, last)).map_err(|_| {
+            StorageIOError::write_logs(AnyError::error("the raft log writer stopped"))
+        })?;
+        // Reported flushed now, not after the fsync: see the module documentation. What is
+        // really durable is published as `Durable`, which the state machine and the peer
+        // server wait for.
+        callback.log_io_completed(Ok(()));
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.durable.truncations.fetch_add(1, Ordering::SeqCst);
         self.unflushed().split_off(&log_id.index);
-        self.write(Box::new(move |txn| {
-            txn.open_table(LOGS)?
-                .retain_in(log_id.index.., |_, _| false)?;
-            Ok(())
-        }))
+        self.write(
+            Box::new(move |txn| {
+                txn.open_table(LOGS)?
+                    .retain_in(log_id.index.., |_, _| false)?;
+                Ok(())
+            }),
+            Effect::Truncate(log_id.index),
+        )
         .await
         .map_err(|e| StorageIOError::write_logs(e).into())
     }
@@ -375,13 +563,89 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             *unflushed = keep;
         }
         let bytes = encode(&log_id).map_err(StorageIOError::write_logs)?;
-        self.write(Box::new(move |txn| {
-            put_meta(txn, PURGED, &bytes)?;
-            txn.open_table(LOGS)?
-                .retain_in(..=log_id.index, |_, _| false)?;
-            Ok(())
-        }))
+        self.write(
+            Box::new(move |txn| {
+                put_meta(txn, PURGED, &bytes)?;
+                txn.open_table(LOGS)?
+                    .retain_in(..=log_id.index, |_, _| false)?;
+                Ok(())
+            }),
+            Effect::Purge(log_id),
+        )
         .await
         .map_err(|e| StorageIOError::write_logs(e).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn id(index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    /// Queues entries `from..=to` for the writer, as `append` does.
+    fn queue(store: &LogStore, from: u64, to: u64) {
+        let entries = (from..=to)
+            .map(|i| {
+                let entry = Entry::<TypeConfig> {
+                    log_id: id(i),
+                    payload: EntryPayload::Blank,
+                };
+                (i, i, encode(&entry).expect("encodes").into())
+            })
+            .collect();
+        store
+            .tx
+            .send(Op::Append(entries, id(to)))
+            .expect("writer runs");
+    }
+
+    fn on_disk(store: &LogStore) -> OnDisk {
+        *store.durable.rx.borrow()
+    }
+
+    #[tokio::test]
+    async fn durability_follows_appends_truncations_and_purges() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = LogStore::open(dir.path()).expect("opens");
+        let durable = store.durable();
+        assert_eq!(on_disk(&store).index, None);
+
+        queue(&store, 0, 5);
+        durable
+            .wait(5, Duration::from_secs(10))
+            .await
+            .expect("durable");
+        assert_eq!(durable.last(), Some(id(5)));
+
+        let before = durable.truncations();
+        store.truncate(id(3)).await.expect("truncates");
+        assert_eq!(durable.truncations(), before + 1);
+        assert_eq!(on_disk(&store).index, Some(2));
+        assert_eq!(durable.last(), None);
+
+        store.purge(id(8)).await.expect("purges");
+        assert_eq!(on_disk(&store).index, Some(8));
+        assert_eq!(durable.last(), Some(id(8)));
+        assert!(matches!(
+            durable.wait(9, Duration::from_millis(1)).await,
+            Err(Error::Timeout(9, _))
+        ));
+
+        // The writer thread lets go of the database once the store is gone.
+        drop(store);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let reopened = loop {
+            match LogStore::open(dir.path()) {
+                Ok(s) => break s,
+                Err(e) if std::time::Instant::now() > deadline => panic!("reopens: {e}"),
+                Err(_) => tokio::task::yield_now().await,
+            }
+        };
+        assert_eq!(on_disk(&reopened).index, Some(8));
     }
 }

@@ -1,6 +1,15 @@
-//! The peer transport's client side: HTTP/2 (prior knowledge, keep-alive, multiplexed) to the
-//! peer port, postcard bodies. Raft RPCs, forwarded writes, heartbeats and membership requests
-//! all travel this way.
+//! The peer transport's client side: HTTP/1.1 with TCP_NODELAY over a pool of keep-alive
+//! connections to the peer port, postcard bodies. Raft RPCs, forwarded writes, heartbeats and
+//! membership requests all travel this way.
+//!
+//! HTTP/1.1 rather than HTTP/2: hyper's HTTP/2 client sends a request body from a task of its
+//! own, after the headers, which costs a scheduler round trip on every call; HTTP/1.1 writes
+//! headers and body in one `writev`. openraft keeps one call in flight per follower, so the
+//! pool stays small for Raft; concurrent forwarded writes each take a pooled connection.
+//!
+//! The leader never sends a commit index beyond its own durable log (see `log_store`): when it
+//! must hold one back, it sends it in a commit-only `AppendEntries` once its log caught up, so a
+//! follower does not wait for the next heartbeat to apply (and answer) a write.
 //!
 //! Three failures stay apart, as openraft needs them: a peer that cannot be connected to
 //! ([`CallError::Unreachable`]), a transport failure mid-call ([`CallError::Network`]), and an
@@ -8,6 +17,7 @@
 
 use std::time::Duration;
 
+use openraft::LogId;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -19,7 +29,11 @@ use openraft::raft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::log_store::Durable;
 use super::{Member, NodeId, TypeConfig};
+
+/// How long a held-back commit index waits for the leader's log to be durable.
+const COMMIT_FOLLOW_UP: Duration = Duration::from_secs(5);
 
 /// Paths on the peer server.
 pub(crate) mod path {
@@ -53,21 +67,19 @@ pub(crate) enum CallError {
     },
 }
 
-/// The HTTP/2 client every peer call goes through (one pool of keep-alive connections).
+/// The HTTP client every peer call goes through (one pool of keep-alive connections).
 #[derive(Clone)]
 pub(crate) struct Peers {
     http: reqwest::Client,
 }
 
 impl Peers {
-    /// A client with HTTP/2 prior knowledge and TCP keep-alive.
+    /// An HTTP/1.1 client with TCP_NODELAY and TCP keep-alive.
     pub(crate) fn new() -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
-            .http2_prior_knowledge()
+            .http1_only()
             .tcp_nodelay(true)
             .tcp_keepalive(Duration::from_secs(15))
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .http2_keep_alive_while_idle(true)
             .connect_timeout(Duration::from_secs(1))
             .pool_idle_timeout(Duration::from_secs(90))
             .build()?;
@@ -121,6 +133,8 @@ impl Peers {
 pub(crate) struct Factory {
     /// The shared client.
     pub(crate) peers: Peers,
+    /// How far this member's log is on disk: no commit index beyond it is sent.
+    pub(crate) durable: Durable,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Factory {
@@ -131,6 +145,7 @@ impl RaftNetworkFactory<TypeConfig> for Factory {
             peers: self.peers.clone(),
             target,
             node: node.clone(),
+            durable: self.durable.clone(),
         }
     }
 }
@@ -140,6 +155,7 @@ pub(crate) struct Connection {
     peers: Peers,
     target: NodeId,
     node: Member,
+    durable: Durable,
 }
 
 impl Connection {
@@ -175,10 +191,40 @@ impl Connection {
 impl RaftNetwork<TypeConfig> for Connection {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.rpc(path::APPEND, &rpc, &option).await
+        let held_back = hold_back_commit(&mut rpc, self.durable.last());
+        let reply = self.rpc(path::APPEND, &rpc, &option).await;
+        if let (Some(commit), Ok(AppendEntriesResponse::Success)) = (held_back, &reply) {
+            // The follower holds everything up to `matched` now: once this log is durable up
+            // to the commit index, tell it (the reply does not matter; a later message carries
+            // the commit index anyway).
+            let follow_up = AppendEntriesRequest::<TypeConfig> {
+                vote: rpc.vote,
+                prev_log_id: rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id),
+                entries: Vec::new(),
+                leader_commit: Some(commit),
+            };
+            let (peers, durable, addr) = (
+                self.peers.clone(),
+                self.durable.clone(),
+                self.node.peer_addr.clone(),
+            );
+            tokio::spawn(async move {
+                if durable.wait(commit.index, COMMIT_FOLLOW_UP).await.is_ok() {
+                    let _ = peers
+                        .call::<_, Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>(
+                            &addr,
+                            path::APPEND,
+                            &follow_up,
+                            COMMIT_FOLLOW_UP,
+                        )
+                        .await;
+                }
+            });
+        }
+        reply
     }
 
     async fn install_snapshot(
@@ -198,5 +244,65 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         self.rpc(path::VOTE, &rpc, &option).await
+    }
+}
+
+/// Lowers `rpc`'s commit index to the last entry durable in this (the leader's) log, and
+/// returns the commit index it held back, if it did. An entry in the leader's log at or
+/// before its commit index is committed, so the lowered index is still a committed one.
+fn hold_back_commit(
+    rpc: &mut AppendEntriesRequest<TypeConfig>,
+    durable: Option<LogId<NodeId>>,
+) -> Option<LogId<NodeId>> {
+    let commit = rpc.leader_commit?;
+    match durable {
+        Some(d) if d.index >= commit.index => None,
+        _ => {
+            rpc.leader_commit = durable.filter(|d| d.index < commit.index);
+            Some(commit)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+
+    fn id(term: u64, index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(term, 1), index)
+    }
+
+    fn heartbeat(commit: Option<LogId<NodeId>>) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: openraft::Vote::new_committed(2, 1),
+            prev_log_id: Some(id(2, 9)),
+            entries: Vec::new(),
+            leader_commit: commit,
+        }
+    }
+
+    #[test]
+    fn a_commit_index_beyond_the_durable_log_is_held_back() {
+        let mut rpc = heartbeat(Some(id(2, 9)));
+        assert_eq!(hold_back_commit(&mut rpc, Some(id(2, 7))), Some(id(2, 9)));
+        assert_eq!(rpc.leader_commit, Some(id(2, 7)));
+
+        let mut rpc = heartbeat(Some(id(2, 9)));
+        assert_eq!(hold_back_commit(&mut rpc, None), Some(id(2, 9)));
+        assert_eq!(rpc.leader_commit, None);
+    }
+
+    #[test]
+    fn a_durable_commit_index_is_sent_as_it_is() {
+        for durable in [id(2, 9), id(2, 12)] {
+            let mut rpc = heartbeat(Some(id(2, 9)));
+            assert_eq!(hold_back_commit(&mut rpc, Some(durable)), None);
+            assert_eq!(rpc.leader_commit, Some(id(2, 9)));
+        }
+        let mut rpc = heartbeat(None);
+        assert_eq!(hold_back_commit(&mut rpc, Some(id(2, 3))), None);
+        assert_eq!(rpc.leader_commit, None);
     }
 }

@@ -17,6 +17,7 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::log_store::Durable;
 use super::{Member, NodeId, TypeConfig};
 use crate::watch::Hub;
 
@@ -60,6 +61,8 @@ pub(crate) struct StateMachine {
     hub: Hub,
     dir: PathBuf,
     snapshot_seq: u64,
+    /// Entries are applied only once they are durable in this log (see `log_store`).
+    durable: Option<Durable>,
 }
 
 impl StateMachine {
@@ -85,7 +88,16 @@ impl StateMachine {
             hub,
             dir: dir.to_path_buf(),
             snapshot_seq: 0,
+            durable: None,
         })
+    }
+
+    /// Applies an entry only once it is durable in `durable` (this member's Raft log). The
+    /// log reports appends flushed before they are, so this gate is what keeps an entry from
+    /// being applied, read or acknowledged before it is fsynced here.
+    pub(crate) fn gate_on(mut self, durable: Durable) -> Self {
+        self.durable = Some(durable);
+        self
     }
 
     /// The applied state, for readers.
@@ -170,8 +182,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        if let (Some(durable), Some(last)) = (&self.durable, entries.last()) {
+            let index = last.log_id.index;
+            durable
+                .wait_long(index)
+                .await
+                .map_err(|e| StorageIOError::apply(last.log_id, AnyError::new(&e)))?;
+        }
         let mut replies = Vec::new();
         let mut events = Vec::new();
+        let mut units_changed = false;
         {
             let mut a = self.shared.write().unwrap_or_else(|p| p.into_inner());
             for entry in entries {
@@ -187,6 +208,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         for cmd in &cmds {
                             let resp = a.state.apply(cmd);
                             collect_events(cmd, &resp, &mut events);
+                            units_changed |=
+                                matches!(resp, Response::Unit(Ok(true)) | Response::Machine(true));
                             out.push(resp);
                         }
                         replies.push(out);
@@ -196,6 +219,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         for ev in events {
             self.hub.publish(ev);
+        }
+        if units_changed {
+            self.hub.units_changed();
         }
         Ok(replies)
     }
@@ -237,6 +263,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             a.last_applied = meta.last_log_id;
             a.membership = meta.last_membership.clone();
         }
+        self.hub.units_changed();
         Ok(())
     }
 

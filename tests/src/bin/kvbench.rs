@@ -22,6 +22,11 @@
 //! sending the request to having read the whole answer; every latency is kept and sorted
 //! (nearest-rank percentiles).
 //!
+//! With `--runs N` (for a busy machine) the whole comparison is repeated N times, each time on
+//! fresh clusters, alternating which target goes first (etcd first on odd runs, flotilla first
+//! on even ones), and the summary takes, per target and client count, the median of each
+//! figure over the runs (the ratios are of the medians).
+//!
 //! The clients run on one thread by default (`--client-threads`), and the CPU the benchmark
 //! process itself used is reported next to the CPU of the cluster's processes, so it is visible
 //! whether the client was the bottleneck.
@@ -88,6 +93,10 @@ struct Args {
     /// Print one JSON document instead of the table.
     #[arg(long)]
     json: bool,
+    /// Repeat the whole comparison this many times (fresh clusters, alternating which target
+    /// goes first) and summarize with medians.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -165,8 +174,10 @@ impl Measurement {
 }
 
 /// One line of the report.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 struct Row {
+    /// Which repetition (1-based) this measurement belongs to; 0 for a median over runs.
+    run: usize,
     target: Target,
     clients: usize,
     /// The member that led when the cluster came up, if known; client `i` talks to member
@@ -202,7 +213,10 @@ struct Report {
     stop: String,
     data_root: PathBuf,
     data_root_is_tmpfs: bool,
+    runs: usize,
     rows: Vec<Row>,
+    /// Per target and client count, the median of every figure over the runs.
+    medians: Vec<Row>,
     ratios: Vec<Ratio>,
 }
 
@@ -291,6 +305,9 @@ async fn run(args: Args) -> Result<()> {
     if args.members == 0 {
         bail!("--members must be at least 1");
     }
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
     let stop = match (args.duration, args.requests) {
         (_, Some(0)) => bail!("--requests must be at least 1"),
         (_, Some(n)) => Stop::Requests(n),
@@ -311,6 +328,7 @@ async fn run(args: Args) -> Result<()> {
         TargetArg::Flotilla => &[Target::Flotilla],
         TargetArg::Both => &[Target::Etcd, Target::Flotilla],
     };
+    let reversed: Vec<Target> = targets.iter().rev().copied().collect();
     if !args.json {
         println!(
             "# {} members; client i -> member (leader + i) mod {}; {}-byte values; {}; clients on {} thread(s); data in {}",
@@ -326,68 +344,76 @@ async fn run(args: Args) -> Result<()> {
 
     let mut rows = Vec::new();
     let mut next_client = 0;
-    for &target in targets {
-        let cluster = start_cluster(target, &args, &data_root)
-            .await
-            .with_context(|| format!("cannot start a {} cluster", target.name()))?;
-        eprintln!(
-            "kvbench: {} cluster up: {} (leader: {})",
-            target.name(),
-            cluster.endpoints.join(" "),
-            cluster
-                .leader
-                .map_or_else(|| "unknown".to_owned(), |i| format!("member {i}"))
-        );
-        let endpoints = leader_first(&cluster.endpoints, cluster.leader);
-        if !args.warmup.is_zero() {
-            let warmup = Load {
-                clients: 16,
-                stop: Stop::After(args.warmup),
-                value_size: args.value_size,
-                first_client: 0,
-                prefix: "warmup".to_owned(),
-            };
-            let m = run_load(&endpoints, &warmup, &cluster.pids).await;
-            eprintln!(
-                "kvbench: {} warm-up: {} writes, {} errors",
-                target.name(),
-                m.acked,
-                m.errors()
-            );
+    for run in 1..=args.runs {
+        let order = if run % 2 == 1 { targets } else { &reversed[..] };
+        if args.runs > 1 && !args.json {
+            println!("# run {run} of {}", args.runs);
         }
-        for &clients in &args.clients {
-            let load = Load {
-                clients,
-                stop,
-                value_size: args.value_size,
-                first_client: next_client,
-                prefix: "bench".to_owned(),
-            };
-            next_client += clients as u64;
-            let m = run_load(&endpoints, &load, &cluster.pids).await;
-            let row = Row {
-                target,
-                clients,
-                leader: cluster.leader,
-                writes: m.acked,
-                errors: m.errors(),
-                seconds: m.elapsed.as_secs_f64(),
-                writes_per_sec: m.writes_per_sec(),
-                p50_ms: millis(percentile(&m.latencies, 50.0)),
-                p99_ms: millis(percentile(&m.latencies, 99.0)),
-                max_ms: millis(m.latencies.last().copied()),
-                client_cpu_pct: percent_of_core(m.client_cpu, m.elapsed),
-                server_cpu_pct: percent_of_core(m.server_cpu, m.elapsed),
-                first_error: m.first_error,
-            };
-            if !args.json {
-                println!("{}", table_row(&row));
+        for &target in order {
+            let cluster = start_cluster(target, &args, &data_root)
+                .await
+                .with_context(|| format!("cannot start a {} cluster", target.name()))?;
+            eprintln!(
+                "kvbench: {} cluster up: {} (leader: {})",
+                target.name(),
+                cluster.endpoints.join(" "),
+                cluster
+                    .leader
+                    .map_or_else(|| "unknown".to_owned(), |i| format!("member {i}"))
+            );
+            let endpoints = leader_first(&cluster.endpoints, cluster.leader);
+            if !args.warmup.is_zero() {
+                let warmup = Load {
+                    clients: 16,
+                    stop: Stop::After(args.warmup),
+                    value_size: args.value_size,
+                    first_client: 0,
+                    prefix: "warmup".to_owned(),
+                };
+                let m = run_load(&endpoints, &warmup, &cluster.pids).await;
+                eprintln!(
+                    "kvbench: {} warm-up: {} writes, {} errors",
+                    target.name(),
+                    m.acked,
+                    m.errors()
+                );
             }
-            rows.push(row);
+            for &clients in &args.clients {
+                let load = Load {
+                    clients,
+                    stop,
+                    value_size: args.value_size,
+                    first_client: next_client,
+                    prefix: "bench".to_owned(),
+                };
+                next_client += clients as u64;
+                let m = run_load(&endpoints, &load, &cluster.pids).await;
+                let row = Row {
+                    run,
+                    target,
+                    clients,
+                    leader: cluster.leader,
+                    writes: m.acked,
+                    errors: m.errors(),
+                    seconds: m.elapsed.as_secs_f64(),
+                    writes_per_sec: m.writes_per_sec(),
+                    p50_ms: millis(percentile(&m.latencies, 50.0)),
+                    p99_ms: millis(percentile(&m.latencies, 99.0)),
+                    max_ms: millis(m.latencies.last().copied()),
+                    client_cpu_pct: percent_of_core(m.client_cpu, m.elapsed),
+                    server_cpu_pct: percent_of_core(m.server_cpu, m.elapsed),
+                    first_error: m.first_error,
+                };
+                if !args.json {
+                    println!("{}", table_row(&row));
+                }
+                rows.push(row);
+            }
         }
     }
 
-    let ratios = ratios(&rows);
+    let medians = medians(&rows);
+    let ratios = ratios(&medians);
     if args.json {
         let report = Report {
             members: args.members,
@@ -395,11 +421,20 @@ async fn run(args: Args) -> Result<()> {
             stop: describe_stop(stop),
             data_root,
             data_root_is_tmpfs: tmpfs,
+            runs: args.runs,
             rows,
+            medians,
             ratios,
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
+        if args.runs > 1 {
+            println!("\n# medians over {} runs", args.runs);
+            println!("{}", table_header());
+            for row in &medians {
+                println!("{}", table_row(row));
+            }
+        }
         for row in rows.iter().filter(|r| r.first_error.is_some()) {
             println!(
                 "# {} at {} clients, first error: {}",
@@ -609,6 +644,53 @@ fn millis(d: Option<Duration>) -> f64 {
     d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
 }
 
+/// The median of `values` (the mean of the middle two for an even count); NaN for none.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// Per target and client count (in first-seen order), a row whose figures are the medians over
+/// the runs (`run` 0; writes and errors are summed, `first_error` is the first one).
+fn medians(rows: &[Row]) -> Vec<Row> {
+    let mut keys: Vec<(Target, usize)> = Vec::new();
+    for r in rows {
+        if !keys.contains(&(r.target, r.clients)) {
+            keys.push((r.target, r.clients));
+        }
+    }
+    keys.into_iter()
+        .map(|(target, clients)| {
+            let same: Vec<&Row> = rows
+                .iter()
+                .filter(|r| r.target == target && r.clients == clients)
+                .collect();
+            let of = |f: fn(&Row) -> f64| median(same.iter().map(|r| f(r)).collect());
+            Row {
+                run: 0,
+                target,
+                clients,
+                leader: same[0].leader,
+                writes: same.iter().map(|r| r.writes).sum(),
+                errors: same.iter().map(|r| r.errors).sum(),
+                seconds: of(|r| r.seconds),
+                writes_per_sec: of(|r| r.writes_per_sec),
+                p50_ms: of(|r| r.p50_ms),
+                p99_ms: of(|r| r.p99_ms),
+                max_ms: of(|r| r.max_ms),
+                client_cpu_pct: of(|r| r.client_cpu_pct),
+                server_cpu_pct: of(|r| r.server_cpu_pct),
+                first_error: same.iter().find_map(|r| r.first_error.clone()),
+            }
+        })
+        .collect()
+}
+
 /// flotilla / etcd per client count measured on both.
 fn ratios(rows: &[Row]) -> Vec<Ratio> {
     let find = |target, clients| {
@@ -793,6 +875,7 @@ mod tests {
     #[test]
     fn ratios_pair_targets_by_client_count() {
         let row = |target, clients, writes_per_sec, p50_ms, p99_ms| Row {
+            run: 1,
             target,
             clients,
             leader: None,
@@ -873,5 +956,45 @@ mod tests {
         assert_eq!((m.errors(), m.first_error), (0, None));
         assert!(m.acked > 0);
         assert_eq!(etcd.count_v2_keys("/bench").await.unwrap(), 203 + m.acked);
+    }
+
+    #[test]
+    fn medians_are_taken_per_target_and_client_count() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(Vec::new()).is_nan());
+        let row = |run, target, clients, writes_per_sec| Row {
+            run,
+            target,
+            clients,
+            leader: None,
+            writes: 10,
+            errors: 0,
+            seconds: 1.0,
+            writes_per_sec,
+            p50_ms: writes_per_sec / 100.0,
+            p99_ms: 1.0,
+            max_ms: 1.0,
+            client_cpu_pct: 0.0,
+            server_cpu_pct: 0.0,
+            first_error: None,
+        };
+        let rows = [
+            row(1, Target::Etcd, 1, 100.0),
+            row(1, Target::Flotilla, 1, 300.0),
+            row(2, Target::Flotilla, 1, 100.0),
+            row(2, Target::Etcd, 1, 200.0),
+            row(3, Target::Etcd, 1, 900.0),
+            row(3, Target::Flotilla, 1, 200.0),
+        ];
+        let m = medians(&rows);
+        assert_eq!(m.len(), 2);
+        assert_eq!((m[0].target, m[0].run), (Target::Etcd, 0));
+        assert_eq!(m[0].writes_per_sec, 200.0);
+        assert_eq!(m[0].p50_ms, 2.0);
+        assert_eq!(m[0].writes, 30);
+        assert_eq!(m[1].writes_per_sec, 200.0);
+        let r = ratios(&m);
+        assert_eq!(r[0].writes_per_sec, 1.0);
     }
 }

@@ -35,6 +35,9 @@ pub fn config(me: &Member, members: &[Member]) -> String {
          listen_peer = \"{addr}:{PEER_PORT}\"\n\
          advertise_peer = \"{addr}:{PEER_PORT}\"\n\
          initial_cluster = [{initial}]\n\
+         # Short, so that tests see a powered-off machine lost and its units moved soon.\n\
+         heartbeat_interval = \"500ms\"\n\
+         machine_lost_after = \"5s\"\n\
          \n\
          [api]\n\
          listen = [\"{addr}:{API_PORT}\", \"127.0.0.1:{API_PORT}\"]\n",
@@ -93,6 +96,9 @@ mod tests {
              listen_peer = \"10.213.7.12:2380\"\n\
              advertise_peer = \"10.213.7.12:2380\"\n\
              initial_cluster = [\"node1=10.213.7.11:2380\", \"node2=10.213.7.12:2380\", \"node3=10.213.7.13:2380\"]\n\
+             # Short, so that tests see a powered-off machine lost and its units moved soon.\n\
+             heartbeat_interval = \"500ms\"\n\
+             machine_lost_after = \"5s\"\n\
              \n\
              [api]\n\
              listen = [\"10.213.7.12:2379\", \"127.0.0.1:2379\"]\n"

@@ -7,3 +7,4 @@ mod kv;
 mod packaging;
 mod systemd1;
 mod testbed;
+mod units;

@@ -14,6 +14,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use flotilla_tests::registry::Scratch;
 use flotilla_tests::testbed::{Node, Options, Testbed, wait_for};
 
 const UNIT: &str = "flotillad.service";
@@ -101,17 +102,14 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Unpacks the .deb into a new directory on the shared root file system (visible in machines).
-fn unpack_deb(deb: &Path) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "packaging-root-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos()
-    ));
-    let x = run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&dir));
+/// Unpacks the .deb into a new directory on the shared root file system, outside /tmp: the
+/// packaged unit's `PrivateTmp=` would hide a binary below /tmp (where a checkout may live) from
+/// the agent's own service. Removed when dropped.
+fn unpack_deb(deb: &Path) -> Scratch {
+    let parent = Path::new("/var/lib/flotilla-tests");
+    std::fs::create_dir_all(parent).unwrap();
+    let dir = Scratch::under(parent, "packaging-root").unwrap();
+    let x = run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(dir.path()));
     assert!(x.status.success(), "dpkg-deb -x: {}", text(&x.stderr));
     dir
 }
@@ -213,7 +211,8 @@ fn the_rpm_lists_the_expected_files_with_the_config_kept_on_upgrade() {
 
 #[test]
 fn the_packaged_unit_passes_systemd_analyze_verify_and_security() {
-    let root = unpack_deb(&packages().deb);
+    let scratch = unpack_deb(&packages().deb);
+    let root = scratch.path();
     let unit = root.join("lib/systemd/system").join(UNIT);
     let verify = run(Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
@@ -343,7 +342,8 @@ fn show(node: &Node<'_>, prop: &str) -> String {
 
 #[test]
 fn the_packaged_unit_forms_a_cluster_shows_status_and_the_watchdog_restarts_a_stopped_agent() {
-    let root = unpack_deb(&packages().deb);
+    let scratch = unpack_deb(&packages().deb);
+    let root = scratch.path();
     let agent = root.join("usr/bin/flotillad");
     // The testbed writes each machine's /etc/flotilla/flotilla.toml (name, addresses,
     // initial_cluster): the one step an admin does by hand.
