@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::raft::log_store::Durable;
-use crate::raft::network::{Peers, path};
+use crate::raft::network::{CallError, Peers, path};
 use crate::raft::proposer::{ProposeError, Proposer};
 use crate::raft::state_machine::Shared;
 use crate::raft::{Member, NodeId, Raft, id_hex};
@@ -278,8 +278,7 @@ impl Cluster {
             let attempt = match leader {
                 Some(l) if l == self.inner.id => Some(self.handle_local(req.clone()).await),
                 Some(l) => match self.leader_addr(l) {
-                    // Unreachable or failed in transit: look for the leader again.
-                    Some(addr) => self
+                    Some(addr) => match self
                         .inner
                         .peers
                         .call::<_, Result<LeaderReply, Error>>(
@@ -289,7 +288,22 @@ impl Cluster {
                             LEADER_DEADLINE,
                         )
                         .await
-                        .ok(),
+                    {
+                        Ok(reply) => Some(reply),
+                        // Never sent: look for the leader again and send it there.
+                        Err(CallError::Unreachable { .. }) => None,
+                        // Failed in transit: a proposal may have reached the leader and been
+                        // committed, and sending it again could apply it twice (a CAS that
+                        // succeeds, then reports a failed compare). Its outcome is unknown;
+                        // the other requests are safe to repeat.
+                        Err(e) if matches!(req, LeaderRequest::Propose(_)) => {
+                            return Err(Error::Raft(format!(
+                                "{e}; the write may or may not have been applied: read it \
+                                 back before retrying"
+                            )));
+                        }
+                        Err(_) => None,
+                    },
                     None => None,
                 },
                 None => None,

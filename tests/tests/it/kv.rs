@@ -147,7 +147,11 @@ fn watch_sees_a_later_write_and_the_history() {
     let first = etcdctl(&a[0].client_url(), &["set", "/w/k", "one"]);
     assert!(first.status.success(), "{}", transcript(&first));
     // From the history: the write happened at its modifiedIndex; watch from just before it.
-    let (_, body) = cluster.get(0, "/v2/keys/w/k").expect("the key reads back");
+    // etcdctl may have sent the write to any member (it syncs the member list): read through
+    // the leader, as a plain read from another member may be a moment behind.
+    let (_, body) = cluster
+        .get(0, "/v2/keys/w/k?quorum=true")
+        .expect("the key reads back");
     let body: serde_json::Value = serde_json::from_str(&body).expect("json");
     let index = body["node"]["modifiedIndex"]
         .as_u64()
@@ -294,7 +298,7 @@ fn ttl_keys_expire_everywhere() {
     let set = etcdctl(&a[0].client_url(), &["set", "--ttl", "1", "/ttl/k", "v"]);
     assert!(set.status.success(), "{}", transcript(&set));
     let (_, body) = cluster
-        .get(0, "/v2/keys/ttl/k")
+        .get(0, "/v2/keys/ttl/k?quorum=true")
         .expect("the key reads back");
     let body: serde_json::Value = serde_json::from_str(&body).expect("json");
     let index = body["node"]["modifiedIndex"]
