@@ -368,11 +368,7 @@ impl Agent1 {
     /// Every machine of the cluster, by name.
     #[zbus(out_args("machines"))]
     async fn list_machines(&self) -> Vec<MachineRecord> {
-        let a = self
-            .cluster
-            .shared()
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let a = self.cluster.applied();
         a.state.machines.by_name.values().map(machine).collect()
     }
 
@@ -384,11 +380,7 @@ impl Agent1 {
         } else {
             name
         };
-        let a = self
-            .cluster
-            .shared()
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let a = self.cluster.applied();
         match a.state.machines.by_name.get(name) {
             Some(m) => Ok((machine(m),)),
             None => Err(Error::MachineNotFound(format!(
@@ -560,11 +552,7 @@ impl Agent1 {
                 .await
                 .map_err(|e| cluster_error(e, &key))?;
         }
-        let a = self
-            .cluster
-            .shared()
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let a = self.cluster.applied();
         a.state.kv.get(&key, recursive, true).map_err(kv_error)
     }
 

@@ -3,7 +3,7 @@
 //! transport when this member is not the leader.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, RwLockReadGuard};
 use std::time::Duration;
 
 use flotilla_state::{Command, Response};
@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::raft::log_store::Durable;
 use crate::raft::network::{CallError, Peers, path};
 use crate::raft::proposer::{ProposeError, Proposer};
-use crate::raft::state_machine::Shared;
+use crate::raft::state_machine::{Applied, Shared};
 use crate::raft::{Member, NodeId, Raft, id_hex};
 use crate::watch::Hub;
 
@@ -135,8 +135,10 @@ impl Cluster {
         &self.inner.raft
     }
 
-    pub(crate) fn shared(&self) -> &Shared {
-        &self.inner.shared
+    /// The applied state, for reading (a poisoned lock still holds a consistent state: apply
+    /// replaces it whole).
+    pub(crate) fn applied(&self) -> RwLockReadGuard<'_, Applied> {
+        self.inner.shared.read().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn hub(&self) -> &Hub {

@@ -18,7 +18,7 @@ pub(crate) async fn run(cluster: Cluster, cancel: CancellationToken) {
     loop {
         let wait = if cluster.is_leader() {
             let next = {
-                let a = cluster.shared().read().unwrap_or_else(|p| p.into_inner());
+                let a = cluster.applied();
                 a.state.kv.next_expiry()
             };
             match next {

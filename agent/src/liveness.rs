@@ -119,7 +119,7 @@ pub(crate) async fn watch_machines(
         let now = Instant::now();
         let seen = liveness.snapshot();
         let machines = {
-            let a = cluster.shared().read().unwrap_or_else(|p| p.into_inner());
+            let a = cluster.applied();
             a.state.machines.by_name.clone()
         };
         let members: Vec<String> = cluster

@@ -437,7 +437,7 @@ impl Shown {
     fn update(&mut self, me: &str, cluster: &Cluster) {
         let metrics = cluster.raft().metrics().borrow().clone();
         let summary = {
-            let applied = cluster.shared().read().unwrap_or_else(|p| p.into_inner());
+            let applied = cluster.applied();
             notify::Summary::read(me, &metrics, &applied.state)
         };
         if self.leader.as_ref() != Some(&summary.leader) {

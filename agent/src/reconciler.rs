@@ -220,11 +220,7 @@ impl Reconciler {
 
     fn wanted(&self) -> BTreeMap<String, Want> {
         let me = self.me().to_owned();
-        let a = self
-            .cluster
-            .shared()
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let a = self.cluster.applied();
         a.state
             .units
             .assigned_to(&me)
@@ -249,11 +245,7 @@ impl Reconciler {
     /// Reported states this machine still holds for units no longer assigned here.
     fn stale_reports(&self, wanted: &BTreeMap<String, Want>) -> Vec<String> {
         let me = self.me();
-        let a = self
-            .cluster
-            .shared()
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let a = self.cluster.applied();
         a.state
             .units
             .reported

@@ -52,7 +52,7 @@ pub(crate) async fn run(cluster: Cluster, config: SchedulerConfig, cancel: Cance
             continue;
         }
         let commands = {
-            let a = cluster.shared().read().unwrap_or_else(|p| p.into_inner());
+            let a = cluster.applied();
             plan(&a.state, &config).commands
         };
         if commands.is_empty() {

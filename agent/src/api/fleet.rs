@@ -129,11 +129,7 @@ fn unit_entity(a: &crate::raft::state_machine::Applied, name: &str) -> Option<Va
 /// `GET /fleet/v1/units`.
 pub(super) async fn list(State(api): State<Api>) -> Response {
     let units: Vec<Value> = {
-        let a = api
-            .cluster
-            .shared()
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let a = api.cluster.applied();
         a.state
             .units
             .by_name
@@ -147,11 +143,7 @@ pub(super) async fn list(State(api): State<Api>) -> Response {
 /// `GET /fleet/v1/units/NAME`.
 pub(super) async fn get(State(api): State<Api>, Path(name): Path<String>) -> Response {
     let entity = {
-        let a = api
-            .cluster
-            .shared()
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let a = api.cluster.applied();
         unit_entity(&a, &name)
     };
     match entity {
@@ -195,11 +187,7 @@ pub(super) async fn put(
         Err(e) => return unit_error(&e),
     };
     let exists = {
-        let a = api
-            .cluster
-            .shared()
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let a = api.cluster.applied();
         a.state.units.by_name.contains_key(&name)
     };
     let mut created = false;
@@ -251,11 +239,7 @@ pub(super) async fn state(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let states: Vec<Value> = {
-        let a = api
-            .cluster
-            .shared()
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let a = api.cluster.applied();
         let u = &a.state.units;
         let mut out = Vec::new();
         for (name, machines) in &u.assignments {
@@ -296,11 +280,7 @@ pub(super) async fn state(
 /// `GET /fleet/v1/machines`: the machines that are up.
 pub(super) async fn machines(State(api): State<Api>) -> Response {
     let machines: Vec<Value> = {
-        let a = api
-            .cluster
-            .shared()
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let a = api.cluster.applied();
         a.state
             .machines
             .by_name

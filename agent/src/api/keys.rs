@@ -62,11 +62,7 @@ async fn handle(
                 return error(&api, &internal(&api, e.to_string()));
             }
             let result = {
-                let a = api
-                    .cluster
-                    .shared()
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner());
+                let a = api.cluster.applied();
                 a.state.kv.get(&key, recursive, sorted)
             };
             match result {
@@ -165,11 +161,7 @@ async fn watch(
     // Subscribe before reading the history: nothing can fall between the two.
     let events = api.cluster.hub().subscribe();
     let (current, found) = {
-        let a = api
-            .cluster
-            .shared()
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let a = api.cluster.applied();
         let current = a.state.kv.index();
         let since = wait_index.unwrap_or(current + 1);
         (
@@ -248,12 +240,7 @@ impl Watching {
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     // Fell behind the live events: the history has them (or says they are gone).
                     let found = {
-                        let a = self
-                            .api
-                            .cluster
-                            .shared()
-                            .read()
-                            .unwrap_or_else(|p| p.into_inner());
+                        let a = self.api.cluster.applied();
                         a.state
                             .kv
                             .watch_history(&self.key, self.recursive, self.since)
@@ -277,11 +264,5 @@ impl Watching {
 }
 
 fn store_index(api: &Api) -> u64 {
-    api.cluster
-        .shared()
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .state
-        .kv
-        .index()
+    api.cluster.applied().state.kv.index()
 }

@@ -12,11 +12,7 @@ use super::{Api, json};
 /// `GET /flotilla/v1/machines`.
 pub(super) async fn list(State(api): State<Api>) -> Response {
     let machines: Vec<Value> = {
-        let a = api
-            .cluster
-            .shared()
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let a = api.cluster.applied();
         a.state
             .machines
             .by_name

@@ -63,11 +63,7 @@ pub(super) async fn leader(State(api): State<Api>) -> Response {
 /// `GET /v2/stats/store`.
 pub(super) async fn store(State(api): State<Api>) -> Response {
     let (index, machines) = {
-        let a = api
-            .cluster
-            .shared()
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let a = api.cluster.applied();
         (a.state.kv.index(), a.state.machines.by_name.len())
     };
     json(

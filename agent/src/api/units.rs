@@ -81,11 +81,7 @@ pub(super) async fn list(State(api): State<Api>) -> Response {
         tracing::debug!("units list without a read barrier: {e}");
     }
     let units: Vec<Value> = {
-        let a = api
-            .cluster
-            .shared()
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let a = api.cluster.applied();
         let u = &a.state.units;
         u.by_name
             .values()
@@ -130,11 +126,7 @@ pub(super) async fn list(State(api): State<Api>) -> Response {
 
 /// `GET /flotilla/v1/units/NAME`: the unit with its text.
 pub(super) async fn get(State(api): State<Api>, Path(name): Path<String>) -> Response {
-    let a = api
-        .cluster
-        .shared()
-        .read()
-        .unwrap_or_else(|p| p.into_inner());
+    let a = api.cluster.applied();
     match a.state.units.by_name.get(&name) {
         Some(r) => json(
             StatusCode::OK,
@@ -292,11 +284,7 @@ fn pick_machine(
     me: &str,
 ) -> Result<String, Response> {
     {
-        let a = api
-            .cluster
-            .shared()
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let a = api.cluster.applied();
         let u = &a.state.units;
         if !u.by_name.contains_key(name) {
             return Err(unit_error(&units::Error::NotFound(name.to_owned())));
