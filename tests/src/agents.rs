@@ -28,7 +28,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::testbed::{wait_for, wait_until};
 
 /// Clusters started by this process so far.
 static CLUSTERS: AtomicU32 = AtomicU32::new(0);
@@ -289,71 +291,60 @@ impl Cluster {
 
     /// The index of the agent that currently leads, waiting for one until the deadline.
     pub fn wait_leader(&self) -> Result<usize, AgentsError> {
-        let deadline = Instant::now() + READY_DEADLINE;
-        loop {
-            for (i, a) in self.agents.iter().enumerate() {
-                if a.child.is_none() {
-                    continue;
-                }
-                if let Some((200, body)) = http_get(a.ip, "/v2/stats/self")
-                    && body.contains("\"StateLeader\"")
-                {
-                    return Ok(i);
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(self.not_ready(0, "no leader elected".into()));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for(READY_DEADLINE, "a leader", || {
+            self.agents
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| a.child.is_some())
+                .find(|(_, a)| {
+                    http_get(a.ip, "/v2/stats/self")
+                        .is_some_and(|(code, body)| code == 200 && body.contains("\"StateLeader\""))
+                })
+                .map(|(i, _)| i)
+                .ok_or(None)
+        })
+        .map_err(|_| self.not_ready(0, "no leader elected".into()))
     }
 
     /// Waits until agent `i` answers `/health` with a leader.
     pub fn wait_ready(&mut self, i: usize) -> Result<(), AgentsError> {
-        let deadline = Instant::now() + READY_DEADLINE;
-        loop {
-            if let Some(child) = self.agents[i].child.as_mut()
+        let agent = &mut self.agents[i];
+        // Ok(None): ready; Ok(Some(status)): the agent exited.
+        let seen = wait_for(READY_DEADLINE, "/health reporting a leader", || {
+            if let Some(child) = agent.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
+                return Ok(Some(status));
+            }
+            match http_get(agent.ip, "/health") {
+                Some((200, body)) if body.contains("\"true\"") => Ok(None),
+                _ => Err(None),
+            }
+        });
+        match seen {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => {
                 self.agents[i].child = None;
-                return Err(self.not_ready(i, format!("exited with {status}")));
+                Err(self.not_ready(i, format!("exited with {status}")))
             }
-            if let Some((200, body)) = http_get(self.agents[i].ip, "/health")
-                && body.contains("\"true\"")
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(self.not_ready(i, "/health did not report a leader".into()));
-            }
-            std::thread::sleep(Duration::from_millis(50));
+            Err(_) => Err(self.not_ready(i, "/health did not report a leader".into())),
         }
     }
 
     /// Waits until every running agent's client URL is in `/v2/members` of every running agent.
     pub fn wait_members_announced(&self) -> Result<(), AgentsError> {
-        let deadline = Instant::now() + READY_DEADLINE;
-        loop {
-            let all = self
-                .agents
-                .iter()
-                .filter(|a| a.child.is_some())
-                .all(|asker| {
-                    http_get(asker.ip, "/v2/members").is_some_and(|(code, body)| {
-                        code == 200
-                            && self.agents.iter().filter(|a| a.child.is_some()).all(|a| {
-                                body.contains(&format!("\"clientURLs\":[\"{}\"]", a.client_url()))
-                            })
-                    })
-                });
-            if all {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(self.not_ready(0, "not every member announced its client URL".into()));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let running = || self.agents.iter().filter(|a| a.child.is_some());
+        wait_until(READY_DEADLINE, "every client URL in /v2/members", || {
+            running().all(|asker| {
+                http_get(asker.ip, "/v2/members").is_some_and(|(code, body)| {
+                    code == 200
+                        && running().all(|a| {
+                            body.contains(&format!("\"clientURLs\":[\"{}\"]", a.client_url()))
+                        })
+                })
+            })
+        })
+        .map_err(|_| self.not_ready(0, "not every member announced its client URL".into()))
     }
 
     fn not_ready(&self, i: usize, reason: String) -> AgentsError {

@@ -6,11 +6,11 @@ use std::collections::BTreeSet;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flotilla_tests::agents::Cluster;
 use flotilla_tests::etcd::{EtcdCluster, EtcdConfig};
-use flotilla_tests::testbed::wait_for;
+use flotilla_tests::testbed::{wait_for, wait_until};
 
 /// Runs `etcdctl` (v2 API) against `endpoints`.
 fn etcdctl(endpoints: &str, args: &[&str]) -> Output {
@@ -176,15 +176,15 @@ fn watch_sees_a_later_write_and_the_history() {
     // Live: the watch waits on one member, the write goes to another.
     let url = a[2].client_url();
     let watcher = std::thread::spawn(move || etcdctl(&url, &["watch", "/w/k"]));
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Write until the watch (which may not be registered yet) fires.
     let mut n = 0;
-    while !watcher.is_finished() {
-        assert!(Instant::now() < deadline, "the watch never fired");
+    wait_until(Duration::from_secs(20), "the watch firing", || {
         n += 1;
         let set = etcdctl(&a[0].client_url(), &["set", "/w/k", &format!("two{n}")]);
         assert!(set.status.success(), "{}", transcript(&set));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        watcher.is_finished()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     let out = watcher.join().expect("watch thread");
     assert!(out.status.success(), "{}", transcript(&out));
     assert!(stdout(&out).starts_with("two"), "{}", transcript(&out));
@@ -214,14 +214,10 @@ fn killing_the_leader_loses_no_acknowledged_write() {
         })
         .collect();
     let wait_acks = |n: usize| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while acked.lock().expect("acked").len() < n {
-            assert!(
-                Instant::now() < deadline,
-                "writes stopped being acknowledged"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until(Duration::from_secs(60), "writes being acknowledged", || {
+            acked.lock().expect("acked").len() >= n
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
     };
     wait_acks(20);
     let leader = cluster.wait_leader().expect("a leader");
@@ -246,19 +242,16 @@ fn killing_the_leader_loses_no_acknowledged_write() {
 
     cluster.restart(leader).expect("the killed member restarts");
     let back = cluster.agents()[leader].client_url();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = etcdctl(&back, &["ls", "/load"]);
-        let seen: BTreeSet<String> = stdout(&out).lines().map(str::to_string).collect();
-        if acked.is_subset(&seen) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the restarted member did not catch up"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        Duration::from_secs(30),
+        "the restarted member catching up",
+        || {
+            let out = etcdctl(&back, &["ls", "/load"]);
+            let seen: BTreeSet<String> = stdout(&out).lines().map(str::to_string).collect();
+            acked.is_subset(&seen)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Five voters; a sixth machine joins as a learner and serves reads; a member is removed.
@@ -317,25 +310,22 @@ fn ttl_keys_expire_everywhere() {
         body["node"]["ttl"].as_i64().is_some_and(|t| t <= 1),
         "{body}"
     );
-    let deadline = Instant::now() + Duration::from_secs(15);
     for agent in a {
-        loop {
+        let what = format!("/ttl/k expiring on {}", agent.name());
+        let get = wait_for(Duration::from_secs(15), &what, || {
             let get = etcdctl(&agent.client_url(), &["get", "/ttl/k"]);
             if get.status.code() == Some(4) {
-                assert!(
-                    transcript(&get).contains("100: Key not found (/ttl/k)"),
-                    "{}",
-                    transcript(&get)
-                );
-                break;
+                Ok(get)
+            } else {
+                Err(Some(transcript(&get)))
             }
-            assert!(
-                Instant::now() < deadline,
-                "/ttl/k did not expire on {}",
-                agent.name()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            transcript(&get).contains("100: Key not found (/ttl/k)"),
+            "{}",
+            transcript(&get)
+        );
     }
     let after = index.to_string();
     let watch = etcdctl(
@@ -350,21 +340,17 @@ fn ttl_keys_expire_everywhere() {
 
 /// Waits until `etcdctl ls /DIR` on `url` lists exactly `want`.
 fn wait_for_listing(url: &str, dir: &str, want: &BTreeSet<String>) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let what = format!("{url} listing the {} keys under {dir}", want.len());
+    wait_for(Duration::from_secs(30), &what, || {
         let out = etcdctl(url, &["ls", dir]);
         let seen: BTreeSet<String> = stdout(&out).lines().map(str::to_string).collect();
         if &seen == want {
-            return;
+            Ok(())
+        } else {
+            Err(Some(format!("{} keys", seen.len())))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{url} lists {} of {} keys under {dir}",
-            seen.len(),
-            want.len()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// A member that was down while the others wrote (and snapshotted) catches up when it returns.
@@ -474,18 +460,15 @@ fn machine_status(cluster: &Cluster, i: usize, name: &str) -> Option<String> {
 #[test]
 fn a_silent_machine_is_marked_lost_and_up_again() {
     let mut cluster = Cluster::start(3).expect("3 agents start");
-    let wait_for = |cluster: &Cluster, i: usize, name: &str, status: &str| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while machine_status(cluster, i, name).as_deref() != Some(status) {
-            assert!(
-                Instant::now() < deadline,
-                "machine {name} never became {status} on agent {i}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    let wait_status = |cluster: &Cluster, i: usize, name: &str, status: &str| {
+        let what = format!("machine {name} {status} on agent {i}");
+        wait_until(Duration::from_secs(30), &what, || {
+            machine_status(cluster, i, name).as_deref() == Some(status)
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
     };
     for name in ["n1", "n2", "n3"] {
-        wait_for(&cluster, 0, name, "up");
+        wait_status(&cluster, 0, name, "up");
     }
     // Kill a follower (a killed leader would take its soft state with it; the next leader
     // starts counting from its election, which the same wait covers).
@@ -494,7 +477,7 @@ fn a_silent_machine_is_marked_lost_and_up_again() {
     let name = cluster.agents()[victim].name().to_string();
     let observer = (leader + 2) % 3;
     cluster.kill(victim);
-    wait_for(&cluster, observer, &name, "lost");
+    wait_status(&cluster, observer, &name, "lost");
     cluster.restart(victim).expect("the machine comes back");
-    wait_for(&cluster, observer, &name, "up");
+    wait_status(&cluster, observer, &name, "up");
 }
