@@ -14,7 +14,10 @@
 //! (`PUT /v2/keys/bench/N`, `--value-size` bytes, 32 concurrent clients) and settling again.
 //! The peak (`VmHWM`) is reported too.
 //!
-//! Units: the agent does not hold units yet, so "with 1,000 units" is not measured.
+//! "With units" then submits `--units` units and launches them (`PUT /flotilla/v1/units/NAME`,
+//! 32 concurrent clients; each a small service with `[X-Fleet]` and `[X-Flotilla]` sections), so
+//! the figure holds the keys and the units. On a bench host without a system bus the reconciler
+//! stands by: the units are stored, scheduled and assigned, not started.
 //!
 //! Build the agent with `--release` first for figures that mean anything:
 //! `cargo build --release -p flotilla-agent -p flotilla-tests && target/release/agentbench`.
@@ -45,6 +48,9 @@ struct Args {
     /// Bytes per value.
     #[arg(long, default_value_t = 64)]
     value_size: usize,
+    /// Units submitted and launched for the "with units" figure.
+    #[arg(long, default_value_t = 1_000)]
+    units: usize,
     /// Idle time before RSS is read, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     settle_ms: u64,
@@ -152,25 +158,36 @@ fn rss(pid: u32) -> Result<(u64, u64)> {
     Ok((field("VmRSS:"), field("VmHWM:")))
 }
 
-async fn write_keys(api: SocketAddr, keys: usize, value_size: usize) -> Result<()> {
+/// `PUT`s `n` requests from 32 concurrent clients; `request(i)` gives the URL path, content
+/// type and body of the `i`th.
+async fn put_all(
+    api: SocketAddr,
+    n: usize,
+    request: impl Fn(usize) -> (String, &'static str, String) + Send + Sync + 'static,
+) -> Result<()> {
     let client = reqwest::Client::new();
-    let body = format!("value={}", "x".repeat(value_size));
+    let request = std::sync::Arc::new(request);
     let clients = 32;
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..clients {
-        let (client, body) = (client.clone(), body.clone());
+        let (client, request) = (client.clone(), request.clone());
         tasks.spawn(async move {
-            for k in (c..keys).step_by(clients) {
-                let url = format!("http://{api}/v2/keys/bench/{k}");
+            for i in (c..n).step_by(clients) {
+                let (path, content_type, body) = request(i);
+                let url = format!("http://{api}{path}");
                 let resp = client
                     .put(&url)
-                    .header("content-type", "application/x-www-form-urlencoded")
-                    .body(body.clone())
+                    .header("content-type", content_type)
+                    .body(body)
                     .send()
                     .await
                     .with_context(|| format!("PUT {url}"))?;
                 if !resp.status().is_success() {
-                    bail!("PUT {url}: {}", resp.status());
+                    let status = resp.status();
+                    bail!(
+                        "PUT {url}: {status}: {}",
+                        resp.text().await.unwrap_or_default()
+                    );
                 }
             }
             Ok(())
@@ -180,6 +197,36 @@ async fn write_keys(api: SocketAddr, keys: usize, value_size: usize) -> Result<(
         done??;
     }
     Ok(())
+}
+
+async fn write_keys(api: SocketAddr, keys: usize, value_size: usize) -> Result<()> {
+    let body = format!("value={}", "x".repeat(value_size));
+    put_all(api, keys, move |k| {
+        (
+            format!("/v2/keys/bench/{k}"),
+            "application/x-www-form-urlencoded",
+            body.clone(),
+        )
+    })
+    .await
+}
+
+async fn launch_units(api: SocketAddr, units: usize) -> Result<()> {
+    put_all(api, units, |i| {
+        let text = format!(
+            "[Unit]\nDescription=bench unit {i}\n\n[Service]\nExecStart=/bin/sleep infinity\n\
+             MemoryMax=16M\n\n[X-Fleet]\nConflicts=bench-{i}-*.service\n\n\
+             [X-Flotilla]\nAdvertise=http:{}/tcp\n",
+            8000 + i % 1000
+        );
+        let body = serde_json::json!({ "text": text, "desired": "launched" }).to_string();
+        (
+            format!("/flotilla/v1/units/bench-{i}.service"),
+            "application/json",
+            body,
+        )
+    })
+    .await
 }
 
 fn ms(d: Duration) -> String {
@@ -237,7 +284,12 @@ fn main() -> Result<()> {
     runtime.block_on(write_keys(agent.api, args.keys, args.value_size))?;
     let took = written.elapsed();
     std::thread::sleep(settle);
-    let (loaded, peak) = rss(agent.child.id())?;
+    let (loaded, _) = rss(agent.child.id())?;
+    let launched = Instant::now();
+    runtime.block_on(launch_units(agent.api, args.units))?;
+    let took_units = launched.elapsed();
+    std::thread::sleep(settle);
+    let (with_units, peak) = rss(agent.child.id())?;
     drop(agent);
     let _ = std::fs::remove_dir_all(&root);
 
@@ -249,13 +301,18 @@ fn main() -> Result<()> {
         idle as f64 / 1024.0
     );
     println!(
-        "RSS with {} keys of {} bytes:   {:.1} MiB (peak {:.1} MiB; written in {})",
+        "RSS with {} keys of {} bytes:   {:.1} MiB (written in {})",
         args.keys,
         args.value_size,
         loaded as f64 / 1024.0,
-        peak as f64 / 1024.0,
         ms(took)
     );
-    println!("RSS with 1,000 units:             not measured (the agent holds no units yet)");
+    println!(
+        "RSS with those keys and {} units: {:.1} MiB (peak {:.1} MiB; launched in {})",
+        args.units,
+        with_units as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        ms(took_units)
+    );
     Ok(())
 }
