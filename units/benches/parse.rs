@@ -2,53 +2,18 @@
 //! read once at start): `cargo bench -p flotilla-units`. Criterion prints MB/s for the
 //! `bytes` group and files/s (as elem/s) for the `files` group.
 
-use std::collections::BTreeSet;
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use flotilla_units::{Unit, parse, verify};
 
-const ROOTS: &[&str] = &["/lib/systemd", "/usr/lib/systemd", "/etc/systemd"];
-const SUFFIXES: &[&str] = &[
-    ".service",
-    ".socket",
-    ".target",
-    ".timer",
-    ".mount",
-    ".path",
-    ".slice",
-    ".scope",
-    ".device",
-    ".swap",
-    ".automount",
-];
+#[path = "../tests/it/system_units.rs"]
+mod system_units;
 
-fn walk(dir: &Path, out: &mut BTreeSet<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            walk(&path, out);
-        } else if let Some(name) = path.file_name().and_then(|n| n.to_str())
-            && SUFFIXES.iter().any(|s| name.ends_with(s))
-            && let Ok(real) = std::fs::canonicalize(&path)
-            && real.is_file()
-            && !real.starts_with("/dev")
-        {
-            out.insert(real);
-        }
-    }
-}
+use system_units::ROOTS;
 
 fn corpus() -> Vec<(String, String)> {
-    let mut files = BTreeSet::new();
-    for root in ROOTS {
-        walk(Path::new(root), &mut files);
-    }
-    files
+    system_units::files()
         .into_iter()
         .filter_map(|p| {
             let text = std::fs::read_to_string(&p).ok()?;

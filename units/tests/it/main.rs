@@ -3,5 +3,6 @@
 mod corpus;
 mod debian;
 mod round_trip;
+mod system_units;
 mod systemd_analyze;
 mod systemd_escape;
