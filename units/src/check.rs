@@ -210,11 +210,14 @@ fn check_service(unit: &Unit, diags: &mut Vec<Diagnostic>) {
     });
     let value = |key: &str| service.and_then(|s| s.value(key));
     let start = commands(service, "ExecStart");
+    // An image unit without ExecStart= runs the image's entrypoint and command: the agent
+    // writes that ExecStart= when it starts the unit, so systemd sees one.
+    let image_starts = start.is_empty() && unit.value("X-Flotilla", "Image").is_some();
     // systemd's default type (service_fix_up): dbus with BusName=, oneshot without
     // ExecStart=, simple otherwise.
     let default_type = if value("BusName").is_some() {
         "dbus"
-    } else if start.is_empty() {
+    } else if start.is_empty() && !image_starts {
         "oneshot"
     } else {
         "simple"
@@ -244,17 +247,18 @@ fn check_service(unit: &Unit, diags: &mut Vec<Diagnostic>) {
         .and_then(parse_bool)
         .unwrap_or(false);
     // systemd's service_verify stops at the first of these.
-    if start.is_empty() && stop.is_empty() && !success_action {
+    let start_missing = start.is_empty() && !image_starts;
+    if start_missing && stop.is_empty() && !success_action {
         diags.push(Diagnostic::error(
             &at,
             "service has no ExecStart=, ExecStop= or SuccessAction=, refusing it",
         ));
-    } else if !oneshot && start.is_empty() {
+    } else if !oneshot && start_missing {
         diags.push(Diagnostic::error(
             &at,
             format!("service has no ExecStart=, which only Type=oneshot services may omit (Type={service_type})"),
         ));
-    } else if !remain && start.is_empty() && !success_action {
+    } else if !remain && start_missing && !success_action {
         diags.push(Diagnostic::error(
             &at,
             "service has no ExecStart= and no SuccessAction= and does not have RemainAfterExit=yes, refusing it",
