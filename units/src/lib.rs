@@ -45,8 +45,8 @@
 //!   `/usr/lib/systemd` and `/etc/systemd` must parse and verify without error; the files of
 //!   `tests/corpus/systemd/` must be malformed for flotilla exactly when the real
 //!   `systemd-analyze verify` says so; escaping must match the real `systemd-escape`.
-//! - `units/fuzz/run [SECONDS]`: libFuzzer on the parser (cargo-fuzz, stable toolchain with
-//!   `RUSTC_BOOTSTRAP=1`).
+//! - `scripts/fuzz SECONDS unit_file` (or `units/fuzz/run [SECONDS]`): libFuzzer on the parser
+//!   (cargo-fuzz, stable toolchain with `RUSTC_BOOTSTRAP=1`).
 //! - `cargo bench -p flotilla-units`: parsing speed over the system's unit files (MB/s and
 //!   files/s).
 //!

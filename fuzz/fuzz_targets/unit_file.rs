@@ -1,4 +1,4 @@
-//! Fuzz target for the unit-file parser: any text parses without panicking, serializes back
+//! Fuzz target for the unit-file parser (`flotilla_units`): any text parses without panicking, serializes back
 //! byte for byte, and its normalized form keeps its meaning; `verify` never panics either.
 
 #![no_main]
