@@ -1,6 +1,7 @@
 //! The agent's D-Bus interface `org.flotilla.Agent1` on the system bus (the contract, names and
 //! wire types are `flotilla_dbus::agent1`'s): keys, machines and the cluster over
-//! [`Cluster`], `KeyChanged` from the [`crate::watch::Hub`], `LeaderChanged` and
+//! [`Cluster`], units over [`crate::units`] (the functions the HTTP API calls too),
+//! `KeyChanged` and `UnitStateChanged` from the [`crate::watch::Hub`], `LeaderChanged` and
 //! `PropertiesChanged` from Raft's metrics.
 //!
 //! # Design
@@ -14,14 +15,19 @@
 //!
 //! - A watch is live events only (no `waitIndex` history: that stays the HTTP API's).
 //! - The `flotilla` group is looked up in `/etc/group` (not through NSS).
-//! - Units and images methods are not there yet.
+//! - `UnitStateChanged` compares the reported states after each applied batch with the last
+//!   ones seen: a state that changed and changed back within one batch is not signalled.
+//! - Images methods are not there yet.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
-use flotilla_dbus::agent1::{self, Error, Health, KeyNode, MachineRecord, MemberRecord};
+use flotilla_dbus::agent1::{
+    self, Error, Health, KeyNode, MachineRecord, MemberRecord, UnitFile, UnitOutput, UnitState,
+};
 use flotilla_state::kv::{self, ErrorCode, Event, Node};
 use flotilla_state::machines::{Machine, Status};
+use flotilla_state::units::Transition;
 use flotilla_state::{Command, Response};
 use futures::StreamExt;
 use tokio::sync::broadcast;
@@ -32,7 +38,9 @@ use zbus::{Connection, OwnedVariant, interface};
 
 use crate::cluster::{self, Cluster, MemberInfo};
 use crate::liveness::now_ms;
+use crate::raft::network::Peers;
 use crate::raft::{Member, id_hex};
+use crate::units::{self, UnitView};
 
 /// The agent's version, as the `Version` property reports it.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -122,8 +130,8 @@ pub(crate) async fn start(
     tasks.spawn(signals(conn, iface, cluster, watches, events, cancel));
 }
 
-/// Emits `KeyChanged`, `LeaderChanged` and `PropertiesChanged`, and forgets the watches of
-/// connections that left the bus, until `cancel`.
+/// Emits `KeyChanged`, `UnitStateChanged`, `LeaderChanged` and `PropertiesChanged`, and
+/// forgets the watches of connections that left the bus, until `cancel`.
 async fn signals(
     conn: Connection,
     iface: InterfaceRef<Agent1>,
@@ -136,6 +144,8 @@ async fn signals(
     let mut metrics = cluster.raft().metrics();
     let mut leader = cluster.leader();
     let mut members = member_names(&cluster);
+    let mut unit_changes = cluster.hub().watch_units();
+    let mut reported = units::reported_states(&cluster.applied().state.units);
     let gone = match zbus::fdo::DBusProxy::new(&conn).await {
         Ok(p) => p.receive_name_owner_changed().await.ok(),
         Err(_) => None,
@@ -181,6 +191,22 @@ async fn signals(
                         tracing::debug!("cannot emit PropertiesChanged for Members: {e}");
                     }
                 }
+            },
+            changed = unit_changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now = units::reported_states(&cluster.applied().state.units);
+                for c in units::state_changes(&reported, &now) {
+                    let sent = Agent1::unit_state_changed(
+                        &emitter, &c.name, &c.machine, &c.load, &c.active, &c.sub,
+                    )
+                    .await;
+                    if let Err(e) = sent {
+                        tracing::debug!("cannot emit UnitStateChanged: {e}");
+                    }
+                }
+                reported = now;
             },
             Some(change) = gone.next() => {
                 if let Ok(args) = change.args()
@@ -396,7 +422,7 @@ impl Agent1 {
         self.cluster
             .members()
             .iter()
-            .map(|m| member(m, leader))
+            .map(|m| member(m, leader, self.cluster.peers()))
             .collect()
     }
 
@@ -416,16 +442,8 @@ impl Agent1 {
                 "a member name is required (it determines the member id)".into(),
             ));
         }
-        let peer_addr = peer_url
-            .strip_prefix("http://")
-            .unwrap_or(peer_url)
-            .trim_end_matches('/')
-            .to_string();
-        if peer_addr.is_empty() || !peer_addr.contains(':') {
-            return Err(Error::InvalidArgument(format!(
-                "peer URL {peer_url:?} is not http://HOST:PORT"
-            )));
-        }
+        let peer_addr =
+            crate::raft::network::peer_addr(peer_url).map_err(Error::InvalidArgument)?;
         let m = Member {
             name: name.to_string(),
             peer_addr,
@@ -440,7 +458,7 @@ impl Agent1 {
             .add_learner(m)
             .await
             .map_err(|e| cluster_error(e, name))?;
-        Ok((member(&info, self.cluster.leader()),))
+        Ok((member(&info, self.cluster.leader(), self.cluster.peers()),))
     }
 
     /// Removes a member, by id (16 hex digits) or name. Root and the `flotilla` group only.
@@ -489,6 +507,147 @@ impl Agent1 {
         },)
     }
 
+    /// Submits a unit file (a different content under `name` needs `replace`); whether it
+    /// changed anything. A malformed file is refused with one `file:line:column: message` line
+    /// per problem. Root and the `flotilla` group only.
+    #[zbus(out_args("changed"))]
+    async fn submit_unit(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        name: &str,
+        text: &str,
+        replace: bool,
+    ) -> Result<bool, Error> {
+        authorize(conn, &header, "SubmitUnit").await?;
+        units::submit(&self.cluster, name, text.to_owned(), replace)
+            .await
+            .map_err(unit_error)
+    }
+
+    /// fleetctl load: places the unit on a machine, loaded and not started. Root and the
+    /// `flotilla` group only.
+    #[zbus(out_args("changed"))]
+    async fn load_unit(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        name: &str,
+    ) -> Result<bool, Error> {
+        authorize(conn, &header, "LoadUnit").await?;
+        self.transition(name, Transition::Load).await
+    }
+
+    /// fleetctl start: places the unit on a machine and starts it. Root and the `flotilla`
+    /// group only.
+    #[zbus(out_args("changed"))]
+    async fn start_unit(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        name: &str,
+    ) -> Result<bool, Error> {
+        authorize(conn, &header, "StartUnit").await?;
+        self.transition(name, Transition::Start).await
+    }
+
+    /// fleetctl stop: stops the unit; it stays loaded on its machines. Root and the
+    /// `flotilla` group only.
+    #[zbus(out_args("changed"))]
+    async fn stop_unit(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        name: &str,
+    ) -> Result<bool, Error> {
+        authorize(conn, &header, "StopUnit").await?;
+        self.transition(name, Transition::Stop).await
+    }
+
+    /// fleetctl unload: stops the unit and takes it off its machines. Root and the `flotilla`
+    /// group only.
+    #[zbus(out_args("changed"))]
+    async fn unload_unit(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        name: &str,
+    ) -> Result<bool, Error> {
+        authorize(conn, &header, "UnloadUnit").await?;
+        self.transition(name, Transition::Unload).await
+    }
+
+    /// fleetctl destroy: stops the unit and removes it from the cluster. Root and the
+    /// `flotilla` group only.
+    async fn destroy_unit(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        name: &str,
+    ) -> Result<(), Error> {
+        authorize(conn, &header, "DestroyUnit").await?;
+        units::destroy(&self.cluster, name)
+            .await
+            .map(drop)
+            .map_err(unit_error)
+    }
+
+    /// Restarts a started unit (or every started instance of a template) one machine after
+    /// the other, each once the previous one is active again; returns when the rollout is
+    /// committed (`false`: one is already under way). Root and the `flotilla` group only.
+    #[zbus(out_args("started"))]
+    async fn restart_unit(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        name: &str,
+    ) -> Result<bool, Error> {
+        authorize(conn, &header, "RestartUnit").await?;
+        units::restart(&self.cluster, name)
+            .await
+            .map_err(unit_error)
+    }
+
+    /// Every unit on every machine it is assigned to (fleetctl list-units' rows), with the
+    /// state that machine reports (empty until it reports one).
+    #[zbus(out_args("units"))]
+    async fn list_units(&self) -> Vec<UnitState> {
+        units::list(&self.cluster)
+            .await
+            .iter()
+            .flat_map(unit_states)
+            .collect()
+    }
+
+    /// Every unit file of the cluster (fleetctl list-unit-files' rows).
+    #[zbus(out_args("files"))]
+    async fn list_unit_files(&self) -> Vec<UnitFile> {
+        units::list(&self.cluster)
+            .await
+            .iter()
+            .map(unit_file)
+            .collect()
+    }
+
+    /// `systemctl status` of the unit, run on the machine that runs it (this one if it does).
+    #[zbus(out_args("status"))]
+    async fn unit_status(&self, name: &str) -> Result<(UnitOutput,), Error> {
+        let out = units::status(&self.cluster, name, None)
+            .await
+            .map_err(unit_error)?;
+        Ok((unit_output(out),))
+    }
+
+    /// The last `lines` lines (at most 10000) of the unit's journal, read on the machine that
+    /// runs it (this one if it does).
+    #[zbus(out_args("journal"))]
+    async fn journal_lines(&self, name: &str, lines: u32) -> Result<(UnitOutput,), Error> {
+        let out = units::journal(&self.cluster, name, lines, None)
+            .await
+            .map_err(unit_error)?;
+        Ok((unit_output(out),))
+    }
+
     /// A change under a watched prefix: the key, etcd's action, the node after the change.
     #[zbus(signal)]
     async fn key_changed(
@@ -505,6 +664,19 @@ impl Agent1 {
         name: &str,
         id: &str,
         term: u64,
+    ) -> zbus::Result<()>;
+
+    /// The state a machine reports for a unit changed in the replicated state: systemd's
+    /// `LoadState`, `ActiveState` and `SubState` there (all three empty: the machine no longer
+    /// has the unit).
+    #[zbus(signal)]
+    async fn unit_state_changed(
+        emitter: &SignalEmitter<'_>,
+        name: &str,
+        machine: &str,
+        load: &str,
+        active: &str,
+        sub: &str,
     ) -> zbus::Result<()>;
 
     /// This machine's /etc/machine-id.
@@ -536,6 +708,12 @@ impl Agent1 {
 }
 
 impl Agent1 {
+    async fn transition(&self, name: &str, t: Transition) -> Result<bool, Error> {
+        units::transition(&self.cluster, name, t)
+            .await
+            .map_err(unit_error)
+    }
+
     async fn read(&self, key: &str, recursive: bool, quorum: bool) -> Result<Event, Error> {
         let now = now_ms();
         let mut params = vec![("sorted".to_string(), "true".to_string())];
@@ -730,11 +908,11 @@ fn machine(m: &Machine) -> MachineRecord {
     }
 }
 
-fn member(m: &MemberInfo, leader: Option<u64>) -> MemberRecord {
+fn member(m: &MemberInfo, leader: Option<u64>, peers: &Peers) -> MemberRecord {
     MemberRecord {
         id: id_hex(m.id),
         name: m.member.name.clone(),
-        peer_url: format!("http://{}", m.member.peer_addr),
+        peer_url: peers.url(&m.member.peer_addr),
         client_urls: m.member.client_urls.clone(),
         voter: m.voter,
         leader: Some(m.id) == leader,
@@ -755,6 +933,74 @@ fn kv_error(e: kv::Error) -> Error {
         )),
         ErrorCode::RaftInternal | ErrorCode::LeaderElect => Error::NoLeader(cause),
         code => Error::InvalidArgument(format!("{}: {cause}", code.message().to_lowercase())),
+    }
+}
+
+/// The rows of fleetctl list-units for one unit: one per machine it is assigned to.
+fn unit_states(v: &UnitView) -> Vec<UnitState> {
+    v.machines
+        .iter()
+        .map(|m| {
+            let s = v.state_on(m).cloned().unwrap_or_default();
+            UnitState {
+                unit: v.name.clone(),
+                machine: m.clone(),
+                desired: v.desired.as_str().to_owned(),
+                load: s.load,
+                active: s.active,
+                sub: s.sub,
+                hash: v.hash.clone(),
+                result: s.result,
+                main_pid: s.main_pid,
+                since_ms: s.since_ms,
+            }
+        })
+        .collect()
+}
+
+fn unit_file(v: &UnitView) -> UnitFile {
+    UnitFile {
+        unit: v.name.clone(),
+        hash: v.hash.clone(),
+        desired: v.desired.as_str().to_owned(),
+        state: v.current().to_owned(),
+        machines: v.machines.clone(),
+        unschedulable: v.unschedulable.clone().unwrap_or_default(),
+    }
+}
+
+fn unit_output(o: units::Output) -> UnitOutput {
+    UnitOutput {
+        machine: o.machine,
+        output: o.output,
+        exit_code: o.exit_code.unwrap_or(-1),
+    }
+}
+
+/// A unit operation's error as a named error; the message is the one the HTTP API gives.
+fn unit_error(e: units::Error) -> Error {
+    use flotilla_state::units::Error as R;
+    let message = e.to_string();
+    match e {
+        units::Error::Unit(R::NotFound(_) | R::NoTemplate { .. }) => Error::UnitNotFound(message),
+        units::Error::Unit(
+            R::Malformed { .. } | R::BadName(_) | R::NoText(_) | R::Template(..),
+        ) => Error::InvalidUnit(message),
+        units::Error::Unit(R::Exists { .. }) => Error::UnitExists(message),
+        units::Error::Unit(R::NotLoaded(_) | R::NotLaunched(_) | R::NotPlaced(_))
+        | units::Error::NotScheduled(_) => Error::UnitNotRunning(message),
+        units::Error::Unit(R::NotAssigned { .. } | R::UnknownMachine(_))
+        | units::Error::NotAssigned { .. } => Error::MachineNotFound(message),
+        units::Error::Unit(_) => Error::InvalidArgument(message),
+        units::Error::Cluster(e) => cluster_error(e, "unit change"),
+        units::Error::NoPeer(_) | units::Error::Unreachable { .. } => {
+            Error::MachineUnreachable(message)
+        }
+        units::Error::Remote { status: 404, .. } => Error::UnitNotFound(message),
+        units::Error::Remote { status: 409, .. } => Error::UnitNotRunning(message),
+        units::Error::Remote { .. }
+        | units::Error::Run { .. }
+        | units::Error::Unexpected { .. } => Error::Failed(message),
     }
 }
 
@@ -825,6 +1071,48 @@ mod tests {
         assert_eq!(
             e.message(),
             "the given ttl in post form is not a number: ttl"
+        );
+    }
+
+    #[test]
+    fn unit_errors_become_named_errors_with_the_http_api_message() {
+        use flotilla_state::units::Error as R;
+        let e = unit_error(units::Error::Unit(R::NotFound("x.service".into())));
+        assert_eq!(e.name(), "org.flotilla.Agent1.Error.UnitNotFound");
+        assert_eq!(
+            e.message(),
+            "unit 'x.service' does not exist: submit it first"
+        );
+        let e = unit_error(units::Error::Unit(R::Malformed {
+            name: "x.service".into(),
+            diagnostics: vec!["x.service:4:11: ExecStart=: not absolute".into()],
+        }));
+        assert_eq!(e.name(), "org.flotilla.Agent1.Error.InvalidUnit");
+        assert_eq!(
+            e.message(),
+            "unit 'x.service' is malformed:\nx.service:4:11: ExecStart=: not absolute"
+        );
+        let e = unit_error(units::Error::Unit(R::NotLoaded("x.service".into())));
+        assert_eq!(e.name(), "org.flotilla.Agent1.Error.UnitNotRunning");
+        let e = unit_error(units::Error::Unreachable {
+            machine: "node2".into(),
+            addr: "10.0.0.2:2380".into(),
+            reason: "connection refused".into(),
+        });
+        assert_eq!(e.name(), "org.flotilla.Agent1.Error.MachineUnreachable");
+        assert_eq!(
+            e.message(),
+            "cannot reach machine 'node2' at 10.0.0.2:2380: connection refused"
+        );
+        let e = unit_error(units::Error::Remote {
+            machine: "node2".into(),
+            status: 404,
+            body: serde_json::json!({ "error": "unit 'x.service' does not exist: submit it first" }),
+        });
+        assert_eq!(e.name(), "org.flotilla.Agent1.Error.UnitNotFound");
+        assert_eq!(
+            e.message(),
+            "machine 'node2' answered 404: unit 'x.service' does not exist: submit it first"
         );
     }
 

@@ -154,9 +154,15 @@ impl Cluster {
         &self.inner.durable
     }
 
-    /// The leader as this member knows it.
+    /// The leader as this member knows it (none once its Raft core stopped on an error: it no
+    /// longer follows anyone).
     pub(crate) fn leader(&self) -> Option<NodeId> {
-        self.inner.raft.metrics().borrow().current_leader
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        if m.running_state.is_err() {
+            return None;
+        }
+        m.current_leader
     }
 
     /// Whether this member is the leader.

@@ -2,13 +2,21 @@
 //! leader keeps the last time it heard from each machine in memory (soft state, never a Raft
 //! write per heartbeat) and commits one `Change::Lost` for a machine silent longer than
 //! `machine_lost_after`, and one `Change::Up` when a machine is new, changed or back.
+//!
+//! Each member also proposes its own `Change::Capacity` (what the scheduler places units'
+//! `MemoryMax=` / `CPUQuota=` against) once it is registered, and again whenever it changes:
+//! memory is `MemTotal` of /proc/meminfo, or the memory limit of the agent's slice (or of a
+//! cgroup above it, cgroup v1 or v2) if that is lower; CPUs are what the agent may use
+//! (`available_parallelism`: affinity and CPU quota). It is re-read every heartbeat; a
+//! proposal only goes out when the value differs from the committed one.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flotilla_state::Command;
-use flotilla_state::machines::{Change, Machine, Status};
+use flotilla_state::machines::{Capacity, Change, Machine, Status};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -92,7 +100,108 @@ pub(crate) async fn send_heartbeats(
             }
             None => {}
         }
+        propose_capacity(&cluster, &machine.name, interval).await;
     }
+}
+
+/// Proposes this machine's capacity if it is registered and its committed capacity differs.
+async fn propose_capacity(cluster: &Cluster, name: &str, deadline: Duration) {
+    let Some(now) = capacity() else {
+        return;
+    };
+    let committed = {
+        let a = cluster.applied();
+        let m = &a.state.machines;
+        if !m.by_name.contains_key(name) {
+            return;
+        }
+        m.capacity.get(name).copied()
+    };
+    if committed == Some(now) {
+        return;
+    }
+    let change = Change::Capacity {
+        name: name.to_owned(),
+        memory_bytes: now.memory_bytes,
+        cpus: now.cpus,
+    };
+    // Bounded: the heartbeats must go on even if the cluster cannot commit right now.
+    match tokio::time::timeout(deadline, cluster.propose(Command::Machine(change))).await {
+        Ok(Ok(_)) => tracing::info!(
+            memory_bytes = now.memory_bytes,
+            cpus = now.cpus,
+            "this machine's capacity is committed"
+        ),
+        Ok(Err(e)) => tracing::debug!("cannot commit this machine's capacity: {e}, retrying"),
+        Err(_) => tracing::debug!("committing this machine's capacity timed out, retrying"),
+    }
+}
+
+/// What this machine offers units: memory (the lower of MemTotal and the agent's slice's
+/// limit) and CPUs; `None` if /proc/meminfo cannot be read.
+fn capacity() -> Option<Capacity> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let total = mem_total(&meminfo)?;
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let limit = cgroup_limits(&own)
+        .into_iter()
+        .filter_map(|file| std::fs::read_to_string(file).ok())
+        .filter_map(|text| memory_limit(&text))
+        .min();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    Some(Capacity {
+        memory_bytes: limit.map_or(total, |l| l.min(total)),
+        cpus,
+    })
+}
+
+/// `MemTotal` of /proc/meminfo, in bytes.
+fn mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// The memory limit files of the agent's slice and every cgroup above it, for each memory
+/// hierarchy in /proc/self/cgroup (v1 `memory`, v2 at /sys/fs/cgroup or, hybrid, at
+/// /sys/fs/cgroup/unified). The agent's own cgroup is left out: its limit is the agent's,
+/// not the units'.
+fn cgroup_limits(proc_self_cgroup: &str) -> Vec<String> {
+    let mut files = Vec::new();
+    for line in proc_self_cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let (roots, file): (&[&str], &str) = match controllers {
+            "" => (&["/sys/fs/cgroup", "/sys/fs/cgroup/unified"], "memory.max"),
+            c if c.split(',').any(|c| c == "memory") => {
+                (&["/sys/fs/cgroup/memory"], "memory.limit_in_bytes")
+            }
+            _ => continue,
+        };
+        let mut dir = Path::new(path).parent();
+        while let Some(d) = dir {
+            let rel = d.to_str().unwrap_or("/").trim_start_matches('/');
+            for root in roots {
+                let p = Path::new(root).join(rel).join(file);
+                files.push(p.display().to_string());
+            }
+            dir = d.parent();
+        }
+    }
+    files
+}
+
+/// A cgroup memory limit file's value in bytes; `None` for no limit (`max`, or cgroup v1's
+/// page-rounded `i64::MAX`).
+fn memory_limit(text: &str) -> Option<u64> {
+    let t = text.trim();
+    if t == "max" {
+        return None;
+    }
+    t.parse::<u64>().ok().filter(|&b| b < 1 << 62)
 }
 
 /// On the leader: commits machines lost, new, changed or back, checking every `interval`.
@@ -171,5 +280,49 @@ pub(crate) async fn watch_machines(
                 tracing::warn!("cannot commit a machine change: {e}, ignoring");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_comes_from_meminfo_and_cgroup_limits() {
+        let meminfo = "MemTotal:       24684084 kB\nMemFree:         1000 kB\n";
+        assert_eq!(mem_total(meminfo), Some(24_684_084 * 1024));
+        assert_eq!(mem_total("MemFree: 1 kB\n"), None);
+        assert_eq!(memory_limit("max\n"), None);
+        assert_eq!(memory_limit("9223372036854771712\n"), None, "v1 unlimited");
+        assert_eq!(memory_limit("536870912\n"), Some(512 << 20));
+        assert_eq!(memory_limit("garbage"), None);
+    }
+
+    #[test]
+    fn limits_are_read_from_the_slice_up_in_every_memory_hierarchy() {
+        let v2 = cgroup_limits("0::/system.slice/flotillad.service\n");
+        assert_eq!(
+            v2,
+            [
+                "/sys/fs/cgroup/system.slice/memory.max",
+                "/sys/fs/cgroup/unified/system.slice/memory.max",
+                "/sys/fs/cgroup/memory.max",
+                "/sys/fs/cgroup/unified/memory.max",
+            ]
+        );
+        let v1 = cgroup_limits("4:memory:/system.slice/flotillad.service\n3:cpu,cpuacct:/x\n");
+        assert_eq!(
+            v1,
+            [
+                "/sys/fs/cgroup/memory/system.slice/memory.limit_in_bytes",
+                "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            ]
+        );
+    }
+
+    #[test]
+    fn this_machine_has_a_capacity() {
+        let c = capacity().expect("/proc/meminfo is readable");
+        assert!(c.memory_bytes > 0 && c.cpus > 0, "{c:?}");
     }
 }

@@ -17,7 +17,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, reload};
 
 /// The filter when neither `FLOTILLA_LOG` nor `RUST_LOG` is set (`EnvFilter` syntax).
-pub(crate) const DEFAULT_FILTER: &str = "info,openraft=error";
+pub(crate) const DEFAULT_FILTER: &str = "info,openraft=error,hickory_server=warn";
 
 /// Logging errors.
 #[derive(Debug, thiserror::Error)]

@@ -21,10 +21,13 @@
 //! after an election timeout.
 
 mod api;
+mod auth;
 mod bus;
 mod cluster;
 mod config;
+mod dns;
 mod expiry;
+mod images;
 mod liveness;
 mod logging;
 mod notify;
@@ -32,6 +35,8 @@ mod peer;
 mod raft;
 mod reconciler;
 mod scheduler;
+mod tls;
+mod units;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -152,7 +157,7 @@ systemd:
 Logging:
   To the journal, with structured fields (F_PEER=, F_NAME=, ...), when stderr is the journal
   (JOURNAL_STREAM); as text to stderr otherwise. The filter is FLOTILLA_LOG, else RUST_LOG
-  (tracing's EnvFilter syntax), else info,openraft=error.
+  (tracing's EnvFilter syntax), else info,openraft=error,hickory_server=warn.
 
 Files:
   /etc/flotilla/flotilla.toml  the configuration (FLOTILLA_CONFIG, --config)
@@ -194,6 +199,8 @@ async fn run(s: Settings, source: Source, logging: logging::Logging) -> Result<(
                 .with_context(|| format!("cannot listen on {addr}"))?,
         );
     }
+    let dns_sockets = dns::Sockets::bind(&s.dns_listen)?;
+    let dns_zone = dns::zone_config(&s.dns_domain, s.dns_ttl)?;
 
     let id = node_id(&s.name);
     let me = Member {
@@ -207,7 +214,10 @@ async fn run(s: Settings, source: Source, logging: logging::Logging) -> Result<(
     let sm =
         raft::state_machine::StateMachine::open(&s.data_dir, hub.clone())?.gate_on(durable.clone());
     let shared = sm.shared();
-    let peers = Peers::new().context("cannot build the peer client")?;
+    let peers = Peers::new(s.peer_tls.as_ref()).context("cannot build the peer client")?;
+    let peer_tls = s.peer_tls.as_ref().map(tls::peer_server).transpose()?;
+    let api_tls = s.api_tls.as_ref().map(tls::api_server).transpose()?;
+    let api_auth = auth::Auth::new(&s.api_users, api_tls.is_some());
     let raft_config = openraft::Config {
         cluster_name: "flotilla".into(),
         heartbeat_interval: 150,
@@ -251,11 +261,15 @@ async fn run(s: Settings, source: Source, logging: logging::Logging) -> Result<(
 
     tasks.spawn(peer::serve(
         peer_listener,
+        peer_tls,
         cluster.clone(),
         liveness.clone(),
         cancel.clone(),
     ));
-    let api = api::Api::new(cluster.clone(), s.max_watchers_per_client);
+    let images = images::Images::open(&s.data_dir.join("images"), &s.images)
+        .context("cannot open the image store")?;
+    let mut api = api::Api::new(cluster.clone(), s.max_watchers_per_client);
+    api.images = Some(images.clone());
     // On shutdown the client API stops first (no new connections, in-flight requests finish)
     // while Raft, the proposer and the peer server still run to commit and answer them.
     let accepting = cancel.child_token();
@@ -263,12 +277,25 @@ async fn run(s: Settings, source: Source, logging: logging::Logging) -> Result<(
     for l in api_listeners {
         api_tasks.spawn(api::serve(
             l,
+            api_tls.clone(),
             api.clone(),
             s.max_body_bytes,
+            api_auth.clone(),
             accepting.clone(),
         ));
     }
     tracing::info!(name = %s.name, id = %raft::id_hex(id), peer = %s.advertise_peer, "flotillad listening");
+    // DNS answers from the local applied state: it serves during start-up and without a quorum.
+    if !dns_sockets.is_empty() {
+        tracing::info!(listen = ?dns_sockets.addrs(), domain = %s.dns_domain, "serving dns");
+        tasks.spawn(dns::run(
+            cluster.clone(),
+            dns_zone,
+            dns_sockets,
+            s.dns_upstreams.clone(),
+            cancel.clone(),
+        ));
+    }
 
     // The D-Bus object is served and its name requested before READY=1 (sent by bootstrap).
     bus::start(
@@ -341,10 +368,14 @@ async fn run(s: Settings, source: Source, logging: logging::Logging) -> Result<(
     tasks.spawn(expiry::run(cluster.clone(), cancel.clone()));
     tasks.spawn(scheduler::run(
         cluster.clone(),
-        flotilla_state::scheduler::SchedulerConfig::default(),
+        s.scheduler.clone(),
         cancel.clone(),
     ));
-    tasks.spawn(reconciler::run(cluster.clone(), cancel.clone()));
+    tasks.spawn(reconciler::run(
+        cluster.clone(),
+        Some(images),
+        cancel.clone(),
+    ));
     tasks.spawn(cluster::stop_when_removed(cluster.clone(), cancel.clone()));
     tasks.spawn(cluster::promote_learners(
         cluster.clone(),
@@ -358,6 +389,11 @@ async fn run(s: Settings, source: Source, logging: logging::Logging) -> Result<(
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shown = Shown::default();
     let mut failed = None;
+    // A Raft core that stopped on a fatal error (a log it cannot write: a full disk, a failed
+    // fsync) leaves this member unable to serve: end the agent with a non-zero status so that
+    // systemd restarts it (Restart=on-failure), rather than run on and answer from a frozen
+    // state.
+    let mut raft_metrics = raft.metrics();
     loop {
         tokio::select! {
             _ = terminate.cancelled() => {
@@ -369,7 +405,18 @@ async fn run(s: Settings, source: Source, logging: logging::Logging) -> Result<(
                 // A task that finishes its job ends normally; a panic ends the agent.
                 if let Err(e) = done {
                     tracing::error!("a task failed: {e}, shutting down");
-                    failed = Some(e);
+                    failed = Some(format!("a task failed: {e}"));
+                    break;
+                }
+            }
+            changed = raft_metrics.changed() => {
+                let fatal = match changed {
+                    Err(_) => Some("raft stopped".to_string()),
+                    Ok(()) => raft_metrics.borrow_and_update().running_state.as_ref().err().map(|e| e.to_string()),
+                };
+                if let Some(fatal) = fatal {
+                    tracing::error!("the raft core stopped: {fatal}; shutting down");
+                    failed = Some(format!("the raft core stopped: {fatal}"));
                     break;
                 }
             }
@@ -412,7 +459,7 @@ async fn run(s: Settings, source: Source, logging: logging::Logging) -> Result<(
     tracing::info!("stopped");
     match failed {
         // A non-zero exit: Restart=on-failure restarts the agent.
-        Some(e) => bail!("a task failed: {e}"),
+        Some(e) => bail!("{e}"),
         None => Ok(()),
     }
 }
@@ -512,6 +559,14 @@ fn reload(source: &Source, running: &Settings, logging: &logging::Logging) {
             new.max_watchers_per_client != running.max_watchers_per_client,
         ),
         ("machine.metadata", new.metadata != running.metadata),
+        ("images", new.images != running.images),
+        ("cluster.tls_*", new.peer_tls != running.peer_tls),
+        ("api.tls_*", new.api_tls != running.api_tls),
+        ("api.users", new.api_users != running.api_users),
+        ("dns.listen", new.dns_listen != running.dns_listen),
+        ("dns.domain", new.dns_domain != running.dns_domain),
+        ("dns.ttl", new.dns_ttl != running.dns_ttl),
+        ("dns.upstreams", new.dns_upstreams != running.dns_upstreams),
     ]
     .into_iter()
     .filter_map(|(k, c)| c.then_some(k))

@@ -1,6 +1,9 @@
 //! The peer server on port 2380: Raft RPCs, requests for the leader, and heartbeats, as
 //! postcard bodies over HTTP/1.1 (or HTTP/2) with keep-alive connections and TCP_NODELAY.
+//! With `[cluster] tls_*` it speaks mutual TLS only: a peer without a certificate from the
+//! cluster CA never completes a handshake, so it reaches none of these handlers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -16,12 +19,14 @@ use openraft::raft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
+use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Cluster, LeaderRequest};
 use crate::liveness::{Heartbeat, Liveness};
 use crate::raft::TypeConfig;
 use crate::raft::network::path;
+use crate::tls::TlsListener;
 
 /// The largest peer message (a batch of log entries or a snapshot chunk).
 const MAX_PEER_BODY: usize = 64 * 1024 * 1024;
@@ -34,9 +39,10 @@ struct Peer {
     liveness: Liveness,
 }
 
-/// Serves the peer API on `listener` until `cancel`.
+/// Serves the peer API on `listener` until `cancel`; mutual TLS with `tls`.
 pub(crate) async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
     cluster: Cluster,
     liveness: Liveness,
     cancel: CancellationToken,
@@ -47,8 +53,22 @@ pub(crate) async fn serve(
         .route(path::SNAPSHOT, post(snapshot))
         .route(path::LEADER, post(leader))
         .route(path::HEARTBEAT, post(heartbeat))
+        .route(path::UNIT_OUTPUT, post(unit_output))
         .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
         .with_state(Peer { cluster, liveness });
+    if let Some(tls) = tls {
+        let listener = match TlsListener::new(listener, tls, "peer server") {
+            Ok(l) => l,
+            Err(e) => return tracing::error!("peer server failed: {e}"),
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(cancel.cancelled_owned())
+            .await
+        {
+            tracing::error!("peer server failed: {e}");
+        }
+        return;
+    }
     // Replies are small and latency-bound: no Nagle delay on the peer connections.
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
@@ -145,6 +165,13 @@ async fn heartbeat(State(p): State<Peer>, body: Bytes) -> Response {
             p.liveness.seen(hb);
             encode(&())
         }
+        Err(r) => *r,
+    }
+}
+
+async fn unit_output(State(p): State<Peer>, body: Bytes) -> Response {
+    match decode::<crate::units::OutputRequest>(&body) {
+        Ok(req) => encode(&crate::units::output_for_peer(&p.cluster, req).await),
         Err(r) => *r,
     }
 }

@@ -19,6 +19,16 @@
 //!    `units::Change::ReportState` only for a unit whose state differs from the one the
 //!    cluster holds.
 //!
+//! A unit with `[X-Flotilla] Image=REF` runs in that image. Its image is taken from the store,
+//! or else pulled in a task of its own (a pass never waits for a registry): meanwhile the unit
+//! is reported `stub`/`activating`/`pulling` and nothing of it is written. A failed pull is
+//! reported as the unit's failure (`failed`/`pull-failed`, the registry's error as its result)
+//! and retried with a doubling backoff ([`RETRY_PULL`] to [`MAX_RETRY_PULL`]). Once the image is
+//! there, the unit file is written with a drop-in `NAME.d/50-flotilla-image.conf` (also opening
+//! with [`MANAGED`]) that holds `RootDirectory=`, the sandbox, the image's environment, working
+//! directory and user, and `ExecStart=` when the unit has none: `systemctl cat NAME` shows them.
+//! An option the unit sets itself is not overridden by the drop-in.
+//!
 //! # Current limitations
 //!
 //! - A pass runs every step for every assigned unit; fine for tens of units per machine.
@@ -26,7 +36,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use flotilla_dbus::systemd1::{ManagerProxy, Mode, ServiceProxy};
 use flotilla_state::units::{Desired, Reported};
@@ -36,13 +47,23 @@ use tokio_util::sync::CancellationToken;
 use zbus::proxy::CacheProperties;
 
 use crate::cluster::Cluster;
+use crate::images::{Images, ServiceSpec};
 
 /// The first line of every unit file flotilla writes; files without it are not flotilla's.
 pub(crate) const MANAGED: &str = "# Managed by flotilla: changes are overwritten\n";
+/// Which units were started with what (runtime, as the unit files: after a reboot every
+/// launched unit starts again).
+const STARTED: &str = "/run/flotilla/started.json";
 /// Where unit files go (runtime: the cluster re-asserts them after a reboot).
 const UNIT_DIR: &str = "/run/systemd/system";
 /// How long to wait after a failed pass before trying again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// The first wait before a failed pull is tried again; it doubles with every failure.
+const RETRY_PULL: Duration = Duration::from_secs(2);
+/// The longest wait between two tries of a failing pull.
+const MAX_RETRY_PULL: Duration = Duration::from_secs(300);
+/// The drop-in that runs a unit in its image, in `NAME.d/`.
+const IMAGE_DROPIN: &str = "50-flotilla-image.conf";
 
 /// Why a reconcile pass failed.
 #[derive(Debug, thiserror::Error)]
@@ -77,8 +98,9 @@ struct Want {
     reported: Option<Reported>,
 }
 
-/// Runs until `cancel`: reconciles this machine's systemd with its assignments.
-pub(crate) async fn run(cluster: Cluster, cancel: CancellationToken) {
+/// Runs until `cancel`: reconciles this machine's systemd with its assignments; units with
+/// `Image=` run in images of `images` (without it, they are reported failed).
+pub(crate) async fn run(cluster: Cluster, images: Option<Images>, cancel: CancellationToken) {
     let bus = match zbus::Connection::system().await {
         Ok(bus) => bus,
         Err(e) => {
@@ -86,7 +108,7 @@ pub(crate) async fn run(cluster: Cluster, cancel: CancellationToken) {
             return;
         }
     };
-    let mut r = match Reconciler::new(cluster, bus, PathBuf::from(UNIT_DIR)).await {
+    let mut r = match Reconciler::new(cluster, images, bus, PathBuf::from(UNIT_DIR)).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!("cannot follow systemd ({e}): units will not run here, ignoring");
@@ -123,7 +145,7 @@ pub(crate) async fn run(cluster: Cluster, cancel: CancellationToken) {
     // The signal streams are drained while a pass awaits systemd: zbus stops reading the
     // socket when a subscriber's queue is full, and a `Reload` emits a PropertiesChanged for
     // every unit, so an undrained stream would hold back the replies the pass waits for.
-    let wake = tokio::sync::Notify::new();
+    let wake = r.wake.clone();
     let watched = r.watched.clone();
     let drain_jobs = async {
         while let Some(job) = jobs.next().await {
@@ -158,9 +180,11 @@ pub(crate) async fn run(cluster: Cluster, cancel: CancellationToken) {
                 tokio::time::sleep(RETRY_AFTER).await;
                 continue;
             }
+            let retry = r.next_retry();
             tokio::select! {
                 c = changed.changed() => if c.is_err() { return },
                 _ = wake.notified() => {}
+                _ = tokio::time::sleep_until(retry.unwrap_or_else(Instant::now).into()), if retry.is_some() => {}
             }
         }
     };
@@ -192,12 +216,63 @@ struct Reconciler {
     paths: HashMap<String, String>,
     /// The restart generation carried out, per unit.
     restarted: HashMap<String, u64>,
+    /// Units started since they were last desired launched, with the fingerprint of what they
+    /// were started with. A unit that then stops by itself (a oneshot that finished, a service
+    /// that failed for good) is not started again until its files, its restart generation or
+    /// its desired state change: as with `systemctl start`, restarting a unit that exits is
+    /// its own `Restart=`'s business. Kept in [`STARTED`] (runtime, like the unit files), so
+    /// a restarted agent adopts it too.
+    started: BTreeMap<String, String>,
+    /// What [`STARTED`] holds.
+    started_saved: BTreeMap<String, String>,
     /// What the signals of systemd are filtered by (shared with the stream drains).
     watched: std::sync::Arc<std::sync::Mutex<Watched>>,
+    /// The image service (none: units with `Image=` cannot run here).
+    images: Option<Images>,
+    /// Images of units, by reference as the units write it.
+    pulls: HashMap<String, Pull>,
+    /// Finished pulls, handed over by their tasks.
+    pulled: Arc<std::sync::Mutex<Vec<PullResult>>>,
+    /// Wakes a pass (a finished pull, a signal of systemd).
+    wake: Arc<tokio::sync::Notify>,
+}
+
+/// A finished pull: the reference and the image or the error.
+type PullResult = (String, Result<flotilla_images::Image, String>);
+
+/// Where the image of units is.
+#[derive(Debug, Clone)]
+enum Pull {
+    /// A first pull is in flight.
+    Pulling,
+    /// In the store.
+    Ready(flotilla_images::Image),
+    /// The last pull failed; tried again at `retry_at` (or in flight again).
+    Failed {
+        error: String,
+        failures: u32,
+        retry_at: Instant,
+        in_flight: bool,
+    },
+}
+
+/// What a pass does with one unit.
+enum Prep {
+    /// No image: the unit file as it is.
+    Plain,
+    /// Its image is there: the unit file and this drop-in.
+    Image(String),
+    /// Its image is not there yet (or failed): report this and write nothing.
+    Waiting(Reported),
 }
 
 impl Reconciler {
-    async fn new(cluster: Cluster, bus: zbus::Connection, dir: PathBuf) -> Result<Self, Error> {
+    async fn new(
+        cluster: Cluster,
+        images: Option<Images>,
+        bus: zbus::Connection,
+        dir: PathBuf,
+    ) -> Result<Self, Error> {
         let manager = ManagerProxy::builder(&bus)
             .cache_properties(CacheProperties::No)
             .build()
@@ -210,7 +285,13 @@ impl Reconciler {
             dir,
             paths: HashMap::new(),
             restarted: HashMap::new(),
+            started: load_started(),
+            started_saved: load_started(),
             watched: Default::default(),
+            images,
+            pulls: HashMap::new(),
+            pulled: Default::default(),
+            wake: Default::default(),
         })
     }
 
@@ -260,6 +341,27 @@ impl Reconciler {
         lock(&self.watched).names = wanted.keys().cloned().collect();
         let mut reload = false;
         let mut rewritten = BTreeSet::new();
+        let mut preps = HashMap::new();
+        for (name, want) in &wanted {
+            preps.insert(name.clone(), self.prepare(name, want).await);
+        }
+        // Forget images no unit here uses (a later unit looks in the store again: the image may
+        // have been removed meanwhile); pulls in flight stay until they report.
+        let used: BTreeSet<String> = wanted
+            .iter()
+            .filter_map(|(name, want)| image_of(name, &want.text))
+            .collect();
+        self.pulls.retain(|reference, p| {
+            used.contains(reference)
+                || matches!(
+                    p,
+                    Pull::Pulling
+                        | Pull::Failed {
+                            in_flight: true,
+                            ..
+                        }
+                )
+        });
 
         // Units that left this machine: stop, then remove the file.
         for name in managed_files(&self.dir)? {
@@ -271,14 +373,32 @@ impl Reconciler {
             }
             let path = self.dir.join(&name);
             std::fs::remove_file(&path).map_err(|source| file_error(&path, source))?;
+            remove_dropin(&self.dir, &name)?;
             tracing::info!(unit = %name, "unit left this machine: stopped and removed");
             self.paths.remove(&name);
             self.restarted.remove(&name);
+            self.started.remove(&name);
             reload = true;
         }
 
         // Units assigned here: write what is missing or differs (only flotilla's files).
         for (name, want) in &wanted {
+            match &preps[name] {
+                Prep::Waiting(_) => continue,
+                Prep::Plain => {
+                    if remove_dropin(&self.dir, name)? {
+                        rewritten.insert(name.clone());
+                        reload = true;
+                    }
+                }
+                Prep::Image(dropin) => {
+                    let path = dropin_path(&self.dir, name);
+                    if write_managed(&path, &format!("{MANAGED}{dropin}"))? {
+                        rewritten.insert(name.clone());
+                        reload = true;
+                    }
+                }
+            }
             let path = self.dir.join(name);
             let content = format!("{MANAGED}{}", want.text);
             match std::fs::read_to_string(&path) {
@@ -301,6 +421,9 @@ impl Reconciler {
 
         // Jobs for what differs.
         for (name, want) in &wanted {
+            if matches!(preps[name], Prep::Waiting(_)) {
+                continue;
+            }
             let status = self.manager.list_units_by_names(&[name.as_str()]).await?;
             let active = status
                 .first()
@@ -313,26 +436,51 @@ impl Reconciler {
                 want.reported.as_ref().map_or(0, |r| r.restart_generation)
             });
             let mode = Mode::Replace.as_str();
+            let print = fingerprint(want, &preps[name]);
+            let restart = rewritten.contains(name) || want.restart_generation > done;
             match want.desired {
                 Desired::Launched if !running => {
-                    self.manager.start_unit(name, mode).await?;
+                    if self.started.get(name) != Some(&print) || restart {
+                        self.manager.start_unit(name, mode).await?;
+                    }
+                    self.started.insert(name.clone(), print);
                 }
-                Desired::Launched if rewritten.contains(name) || want.restart_generation > done => {
-                    self.manager.restart_unit(name, mode).await?;
+                Desired::Launched => {
+                    if restart {
+                        self.manager.restart_unit(name, mode).await?;
+                    }
+                    self.started.insert(name.clone(), print);
                 }
-                Desired::Loaded | Desired::Inactive if running => {
-                    self.manager.stop_unit(name, mode).await?;
+                Desired::Loaded | Desired::Inactive => {
+                    self.started.remove(name);
+                    if running {
+                        self.manager.stop_unit(name, mode).await?;
+                    }
                 }
-                _ => {}
             }
             if want.restart_generation > done {
                 self.restarted.insert(name.clone(), want.restart_generation);
             }
         }
+        self.started.retain(|name, _| wanted.contains_key(name));
+        if self.started != self.started_saved {
+            save_started(&self.started)?;
+            self.started_saved = self.started.clone();
+        }
 
         // Reports, only what changed.
         for (name, want) in &wanted {
-            let state = self.read_state(name, want).await?;
+            let state = match preps.remove(name) {
+                Some(Prep::Waiting(mut state)) => {
+                    state.since_ms = match &want.reported {
+                        Some(r) if r.active == state.active => r.since_ms,
+                        _ => crate::liveness::now_ms(),
+                    };
+                    state.restart_generation = self.restarted.get(name).copied().unwrap_or(0);
+                    state
+                }
+                _ => self.read_state(name, want).await?,
+            };
             if want.reported.as_ref() != Some(&state) {
                 self.report(name, Some(state)).await?;
             }
@@ -342,6 +490,126 @@ impl Reconciler {
         }
         lock(&self.watched).paths = self.paths.values().cloned().collect();
         Ok(())
+    }
+
+    /// Whether `name` runs in an image, and if so whether that image is there: starts a pull
+    /// when it is not (never waiting for it).
+    async fn prepare(&mut self, name: &str, want: &Want) -> Prep {
+        let v = flotilla_units::verify(name, &want.text, &[]);
+        let Some(reference) = image_of(name, &want.text) else {
+            return Prep::Plain;
+        };
+        let Some(images) = self.images.clone() else {
+            return waiting_failed("this agent runs without an image store".into());
+        };
+        self.collect_pulls();
+        let now = Instant::now();
+        let image = match self.pulls.get(&reference) {
+            Some(Pull::Ready(image)) => image.clone(),
+            Some(Pull::Pulling) => return waiting_pull(),
+            Some(Pull::Failed {
+                error,
+                retry_at,
+                in_flight,
+                ..
+            }) => {
+                let error = error.clone();
+                if !*in_flight && *retry_at <= now {
+                    self.start_pull(&images, &reference);
+                }
+                return waiting_failed(error);
+            }
+            None => match images.find(&reference).await {
+                Ok(Some(image)) => {
+                    self.pulls
+                        .insert(reference.clone(), Pull::Ready(image.clone()));
+                    image
+                }
+                _ => {
+                    self.pulls.insert(reference.clone(), Pull::Pulling);
+                    self.start_pull(&images, &reference);
+                    return waiting_pull();
+                }
+            },
+        };
+        let has_exec = v
+            .unit
+            .section("Service")
+            .is_some_and(|s| !s.values("ExecStart").is_empty());
+        // The image's command is resolved only when the unit gives none.
+        let spec = images
+            .service(&image, if has_exec { None } else { Some(&[]) })
+            .await;
+        match spec {
+            Ok(spec) => Prep::Image(dropin(&spec, &v.unit, !has_exec)),
+            Err(e) => waiting_failed(format!("image {reference}: {e}")),
+        }
+    }
+
+    /// Pulls `reference` in a task of its own; its result wakes a pass.
+    fn start_pull(&mut self, images: &Images, reference: &str) {
+        if let Some(Pull::Failed { in_flight, .. }) = self.pulls.get_mut(reference) {
+            *in_flight = true;
+        }
+        tracing::info!(image = %reference, "pulling");
+        let (images, reference) = (images.clone(), reference.to_owned());
+        let (pulled, wake) = (self.pulled.clone(), self.wake.clone());
+        tokio::spawn(async move {
+            let result = images
+                .pull(&reference, None)
+                .await
+                .map_err(|e| e.to_string());
+            match &result {
+                Ok(_) => tracing::info!(image = %reference, "pulled"),
+                Err(e) => tracing::warn!(image = %reference, "{e}, retrying later"),
+            }
+            pulled
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((reference, result));
+            wake.notify_one();
+        });
+    }
+
+    /// Takes in the results of finished pulls.
+    fn collect_pulls(&mut self) {
+        let done = std::mem::take(&mut *self.pulled.lock().unwrap_or_else(|p| p.into_inner()));
+        for (reference, result) in done {
+            let next = match result {
+                Ok(image) => Pull::Ready(image),
+                Err(error) => {
+                    let failures = match self.pulls.get(&reference) {
+                        Some(Pull::Failed { failures, .. }) => failures + 1,
+                        _ => 1,
+                    };
+                    let wait = RETRY_PULL
+                        .saturating_mul(1 << (failures - 1).min(16))
+                        .min(MAX_RETRY_PULL);
+                    Pull::Failed {
+                        error,
+                        failures,
+                        retry_at: Instant::now() + wait,
+                        in_flight: false,
+                    }
+                }
+            };
+            self.pulls.insert(reference, next);
+        }
+    }
+
+    /// When the next failed pull is due to be tried again.
+    fn next_retry(&self) -> Option<Instant> {
+        self.pulls
+            .values()
+            .filter_map(|p| match p {
+                Pull::Failed {
+                    retry_at,
+                    in_flight: false,
+                    ..
+                } => Some(*retry_at),
+                _ => None,
+            })
+            .min()
     }
 
     /// The unit's state as systemd has it now (uncached: a cache lags the signals).
@@ -394,6 +662,46 @@ impl Reconciler {
     }
 }
 
+/// What a unit was started with: its file, its image drop-in and its restart generation.
+fn fingerprint(want: &Want, prep: &Prep) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(want.text.as_bytes());
+    h.update(want.restart_generation.to_le_bytes());
+    if let Prep::Image(dropin) = prep {
+        h.update(dropin.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The units started as [`STARTED`] records them (none if it is missing or unreadable: then
+/// units that are not running are started once more).
+fn load_started() -> BTreeMap<String, String> {
+    match std::fs::read(STARTED) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            tracing::warn!("{STARTED}: {e}, starting afresh");
+            BTreeMap::new()
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(e) => {
+            tracing::warn!("{STARTED}: {e}, starting afresh");
+            BTreeMap::new()
+        }
+    }
+}
+
+/// Records `started` in [`STARTED`] (written aside, then renamed).
+fn save_started(started: &BTreeMap<String, String>) -> Result<(), Error> {
+    let path = Path::new(STARTED);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| file_error(dir, source))?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec(started).unwrap_or_default();
+    std::fs::write(&tmp, bytes).map_err(|source| file_error(&tmp, source))?;
+    std::fs::rename(&tmp, path).map_err(|source| file_error(path, source))
+}
+
 /// The names of the unit files in `dir` that flotilla wrote.
 fn managed_files(dir: &Path) -> Result<Vec<String>, Error> {
     let entries = match std::fs::read_dir(dir) {
@@ -420,6 +728,165 @@ fn managed_files(dir: &Path) -> Result<Vec<String>, Error> {
     Ok(out)
 }
 
+/// The image reference of a unit's `[X-Flotilla] Image=`, if it has a valid one.
+pub(crate) fn image_of(name: &str, text: &str) -> Option<String> {
+    let v = flotilla_units::verify(name, text, &[]);
+    v.flotilla.image.as_ref()?;
+    v.unit
+        .section(flotilla_units::flotilla::SECTION)
+        .and_then(|s| s.last("Image"))
+        .map(|e| e.value.clone())
+}
+
+fn waiting_pull() -> Prep {
+    Prep::Waiting(Reported {
+        load: "stub".into(),
+        active: "activating".into(),
+        sub: "pulling".into(),
+        ..Reported::default()
+    })
+}
+
+fn waiting_failed(error: String) -> Prep {
+    Prep::Waiting(Reported {
+        load: "stub".into(),
+        active: "failed".into(),
+        sub: "pull-failed".into(),
+        result: error,
+        ..Reported::default()
+    })
+}
+
+/// The drop-in that runs `unit` in the image of `spec`: `[Service]` with `RootDirectory=`, the
+/// sandbox, the image's environment, working directory and user (each unless the unit sets it
+/// itself) and, with `exec`, the image's command as `ExecStart=`.
+fn dropin(spec: &ServiceSpec, unit: &flotilla_units::Unit, exec: bool) -> String {
+    let service = unit.section("Service");
+    let sets = |key: &str| service.is_some_and(|s| s.last(key).is_some());
+    let mut out = format!(
+        "# Runs {} in image {}.\n[Service]\n",
+        unit_label(unit),
+        spec.image
+    );
+    let mut line = |k: &str, v: &str| {
+        out.push_str(k);
+        out.push('=');
+        out.push_str(v);
+        out.push('\n');
+    };
+    line(
+        "RootDirectory",
+        &escape_value(&spec.root_directory.to_string_lossy()),
+    );
+    for (k, v) in &spec.sandbox {
+        if !sets(k) {
+            line(k, v);
+        }
+    }
+    let unit_env: Vec<&str> = service.map(|s| s.values("Environment")).unwrap_or_default();
+    for e in &spec.environment {
+        let var = e.split('=').next().unwrap_or_default();
+        let set_by_unit = unit_env.iter().any(|u| {
+            u.split_whitespace()
+                .any(|w| w.trim_start_matches('"').starts_with(&format!("{var}=")))
+        });
+        if !set_by_unit {
+            line("Environment", &quote(e, false));
+        }
+    }
+    if !sets("WorkingDirectory") {
+        line("WorkingDirectory", &escape_value(&spec.working_directory));
+    }
+    if !sets("User")
+        && let Some(u) = &spec.user
+    {
+        line("User", u);
+    }
+    if !sets("Group")
+        && let Some(g) = &spec.group
+    {
+        line("Group", g);
+    }
+    if exec {
+        let argv: Vec<String> = spec.command.iter().map(|a| quote(a, true)).collect();
+        line("ExecStart", &argv.join(" "));
+    }
+    out
+}
+
+fn unit_label(unit: &flotilla_units::Unit) -> String {
+    unit.value("Unit", "Description").map_or_else(
+        || "this unit".to_owned(),
+        |d| format!("'{}'", d.replace('\n', " ")),
+    )
+}
+
+/// A value with systemd's specifiers escaped (`%` -> `%%`).
+fn escape_value(v: &str) -> String {
+    v.replace('%', "%%")
+}
+
+/// One word in double quotes as systemd.syntax(7) reads it back; `exec`: also `$` escaped (no
+/// variable expansion in `ExecStart=`).
+fn quote(word: &str, exec: bool) -> String {
+    let mut out = String::from("\"");
+    for c in word.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            '%' => out.push_str("%%"),
+            '$' if exec => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn dropin_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.d")).join(IMAGE_DROPIN)
+}
+
+/// Writes a managed file if its content differs (never a file that is not flotilla's);
+/// whether it wrote.
+fn write_managed(path: &Path, content: &str) -> Result<bool, Error> {
+    match std::fs::read_to_string(path) {
+        Ok(existing) if existing == content => return Ok(false),
+        Ok(existing) if !existing.starts_with(MANAGED) => {
+            tracing::warn!(
+                "{} exists and is not flotilla's: not touching it, ignoring",
+                path.display()
+            );
+            return Ok(false);
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(file_error(path, e)),
+    }
+    write_file(path, content)?;
+    Ok(true)
+}
+
+/// Removes the image drop-in of `name` (if flotilla's) and its directory once empty; whether
+/// there was one.
+fn remove_dropin(dir: &Path, name: &str) -> Result<bool, Error> {
+    let path = dropin_path(dir, name);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if text.starts_with(MANAGED) => {
+            std::fs::remove_file(&path).map_err(|e| file_error(&path, e))?;
+            if let Some(d) = path.parent() {
+                // Only when empty: the unit may have drop-ins that are not flotilla's.
+                let _ = std::fs::remove_dir(d);
+            }
+            Ok(true)
+        }
+        Ok(_) => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(file_error(&path, e)),
+    }
+}
+
 /// Writes `content` to `path` through a temporary file and a rename (systemd never reads a
 /// half-written unit).
 fn write_file(path: &Path, content: &str) -> Result<(), Error> {
@@ -440,6 +907,69 @@ fn file_error(path: &Path, source: std::io::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spec() -> ServiceSpec {
+        ServiceSpec {
+            image: "10.0.0.1:5000/busybox:v1".into(),
+            root_directory: "/var/lib/flotilla/images/rootfs/abc".into(),
+            sandbox: vec![
+                ("ProtectSystem".into(), "strict".into()),
+                ("PrivateTmp".into(), "yes".into()),
+            ],
+            environment: vec!["PATH=/bin".into(), "GREETING=say \"hi\" 100%".into()],
+            working_directory: "/data".into(),
+            user: Some("1000".into()),
+            group: Some("1000".into()),
+            command: vec!["/bin/sh".into(), "-c".into(), "echo $GREETING".into()],
+        }
+    }
+
+    fn unit(text: &str) -> flotilla_units::Unit {
+        flotilla_units::verify("x.service", text, &[]).unit
+    }
+
+    #[test]
+    fn dropin_runs_the_image_and_leaves_what_the_unit_sets() {
+        let u = unit("[Unit]\nDescription=Hello\n[Service]\nExecStart=/bin/true\n");
+        assert_eq!(
+            dropin(&spec(), &u, true),
+            "# Runs 'Hello' in image 10.0.0.1:5000/busybox:v1.\n\
+             [Service]\n\
+             RootDirectory=/var/lib/flotilla/images/rootfs/abc\n\
+             ProtectSystem=strict\n\
+             PrivateTmp=yes\n\
+             Environment=\"PATH=/bin\"\n\
+             Environment=\"GREETING=say \\\"hi\\\" 100%%\"\n\
+             WorkingDirectory=/data\n\
+             User=1000\n\
+             Group=1000\n\
+             ExecStart=\"/bin/sh\" \"-c\" \"echo $$GREETING\"\n"
+        );
+        let u = unit(
+            "[Service]\nExecStart=/bin/true\nPrivateTmp=no\nEnvironment=GREETING=mine\n\
+             WorkingDirectory=/\nUser=2000\n",
+        );
+        let d = dropin(&spec(), &u, false);
+        assert!(!d.contains("PrivateTmp") && !d.contains("GREETING"), "{d}");
+        assert!(
+            !d.contains("WorkingDirectory") && !d.contains("User="),
+            "{d}"
+        );
+        assert!(
+            !d.contains("ExecStart") && d.contains("Group=1000\n"),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn image_of_reads_x_flotilla() {
+        let text = "[Service]\nExecStart=/bin/true\n[X-Flotilla]\nImage=busybox:1.36\n";
+        assert_eq!(image_of("a.service", text).as_deref(), Some("busybox:1.36"));
+        assert_eq!(
+            image_of("a.service", "[Service]\nExecStart=/bin/true\n"),
+            None
+        );
+    }
 
     #[test]
     fn only_files_that_open_with_the_marker_are_flotillas() {

@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use flotilla_dbus::agent1::{self, Agent1Proxy, KeyNode, MemberRecord};
+use flotilla_dbus::agent1::{
+    self, Agent1Proxy, KeyNode, MachineRecord, MemberRecord, UnitFile, UnitOutput, UnitState,
+};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use zbus::Variant;
@@ -126,8 +128,9 @@ impl Client {
     pub(crate) async fn connect(global: &crate::Global) -> Result<Client, Error> {
         match &global.endpoint {
             Some(endpoint) => {
-                let http = reqwest::Client::builder()
-                    .connect_timeout(Duration::from_secs(2))
+                let builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(2));
+                let http = crate::ca::trust(builder, global)
+                    .map_err(Error::Unreachable)?
                     .build()
                     .map_err(|e| Error::Unreachable(format!("cannot build an HTTP client: {e}")))?;
                 Ok(Client::Http {
@@ -480,6 +483,340 @@ impl Client {
     }
 }
 
+/// How long one request of the unit API may take over HTTP (status and journal are forwarded to
+/// the machine of the unit, which may take the agent up to 10 s).
+const UNITS_DEADLINE: Duration = Duration::from_secs(30);
+
+/// fleet's verbs, as the agent applies them to a unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verb {
+    Load,
+    Start,
+    Stop,
+    Unload,
+}
+
+impl Verb {
+    fn as_str(self) -> &'static str {
+        match self {
+            Verb::Load => "load",
+            Verb::Start => "start",
+            Verb::Stop => "stop",
+            Verb::Unload => "unload",
+        }
+    }
+}
+
+/// What wakes a command that waits for units: `UnitStateChanged` over D-Bus, a timer over
+/// HTTP (which has no such notification).
+pub(crate) enum UnitChanges {
+    Bus(Box<agent1::UnitStateChangedStream>),
+    Http,
+}
+
+impl UnitChanges {
+    /// Waits until a unit's state changes (D-Bus), or `period` passes.
+    pub(crate) async fn next(&mut self, period: Duration) {
+        match self {
+            UnitChanges::Bus(s) => {
+                let _ = tokio::time::timeout(period, s.next()).await;
+            }
+            UnitChanges::Http => tokio::time::sleep(period).await,
+        }
+    }
+}
+
+/// The units: D-Bus methods, or `/flotilla/v1/units` over HTTP; the same types either way.
+impl Client {
+    /// Submits a unit file; whether it changed anything.
+    pub(crate) async fn submit_unit(
+        &self,
+        name: &str,
+        text: &str,
+        replace: bool,
+    ) -> Result<bool, Error> {
+        match self {
+            Client::Bus(p) => Ok(p.submit_unit(name, text, replace).await?),
+            Client::Http { http, .. } => {
+                let req = http
+                    .put(self.units_url(&format!("/{name}")))
+                    .json(&json!({ "text": text, "replace": replace }));
+                let body = self.units_json(req).await?;
+                Ok(body["changed"] == true)
+            }
+        }
+    }
+
+    /// Applies one of fleet's verbs; whether it changed anything.
+    pub(crate) async fn unit_verb(&self, name: &str, verb: Verb) -> Result<bool, Error> {
+        match self {
+            Client::Bus(p) => Ok(match verb {
+                Verb::Load => p.load_unit(name).await?,
+                Verb::Start => p.start_unit(name).await?,
+                Verb::Stop => p.stop_unit(name).await?,
+                Verb::Unload => p.unload_unit(name).await?,
+            }),
+            Client::Http { http, .. } => {
+                let req = http
+                    .put(self.units_url(&format!("/{name}")))
+                    .json(&json!({ "transition": verb.as_str() }));
+                let body = self.units_json(req).await?;
+                Ok(body["changed"] == true)
+            }
+        }
+    }
+
+    /// Starts a rolling restart; `false`: one is already under way.
+    pub(crate) async fn restart_unit(&self, name: &str) -> Result<bool, Error> {
+        match self {
+            Client::Bus(p) => Ok(p.restart_unit(name).await?),
+            Client::Http { http, .. } => {
+                let req = http
+                    .put(self.units_url(&format!("/{name}")))
+                    .json(&json!({ "transition": "restart" }));
+                let body = self.units_json(req).await?;
+                Ok(body["changed"] == true)
+            }
+        }
+    }
+
+    /// Removes a unit from the cluster.
+    pub(crate) async fn destroy_unit(&self, name: &str) -> Result<(), Error> {
+        match self {
+            Client::Bus(p) => Ok(p.destroy_unit(name).await?),
+            Client::Http { http, .. } => {
+                let req = http.delete(self.units_url(&format!("/{name}")));
+                self.units_json(req).await.map(drop)
+            }
+        }
+    }
+
+    /// Every unit on every machine it is assigned to, with the state reported there.
+    pub(crate) async fn list_units(&self) -> Result<Vec<UnitState>, Error> {
+        match self {
+            Client::Bus(p) => Ok(p.list_units().await?),
+            Client::Http { .. } => Ok(self
+                .http_units()
+                .await?
+                .iter()
+                .flat_map(unit_states)
+                .collect()),
+        }
+    }
+
+    /// Every unit file of the cluster.
+    pub(crate) async fn list_unit_files(&self) -> Result<Vec<UnitFile>, Error> {
+        match self {
+            Client::Bus(p) => Ok(p.list_unit_files().await?),
+            Client::Http { .. } => Ok(self.http_units().await?.iter().map(unit_file).collect()),
+        }
+    }
+
+    /// Every machine of the cluster.
+    pub(crate) async fn list_machines(&self) -> Result<Vec<MachineRecord>, Error> {
+        match self {
+            Client::Bus(p) => Ok(p.list_machines().await?),
+            Client::Http { http, endpoint } => {
+                let req = http.get(format!("{endpoint}/flotilla/v1/machines"));
+                let body = self.units_json(req).await?;
+                Ok(body["machines"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(machine)
+                    .collect())
+            }
+        }
+    }
+
+    /// `systemctl status` of a unit, from the machine that runs it.
+    pub(crate) async fn unit_status(&self, name: &str) -> Result<UnitOutput, Error> {
+        match self {
+            Client::Bus(p) => Ok(p.unit_status(name).await?),
+            Client::Http { http, .. } => {
+                let req = http.get(self.units_url(&format!("/{name}/status")));
+                Ok(unit_output(&self.units_json(req).await?))
+            }
+        }
+    }
+
+    /// The last `lines` lines of a unit's journal, from the machine that runs it.
+    pub(crate) async fn journal_lines(&self, name: &str, lines: u32) -> Result<UnitOutput, Error> {
+        match self {
+            Client::Bus(p) => Ok(p.journal_lines(name, lines).await?),
+            Client::Http { http, .. } => {
+                let req = http.get(self.units_url(&format!("/{name}/journal?lines={lines}")));
+                Ok(unit_output(&self.units_json(req).await?))
+            }
+        }
+    }
+
+    /// A subscription to unit state changes, made before the changes a command waits for.
+    pub(crate) async fn unit_changes(&self) -> Result<UnitChanges, Error> {
+        match self {
+            Client::Bus(p) => {
+                let s = p.receive_unit_state_changed().await.map_err(|e| {
+                    Error::Unreachable(format!("cannot subscribe to UnitStateChanged: {e}"))
+                })?;
+                Ok(UnitChanges::Bus(Box::new(s)))
+            }
+            Client::Http { .. } => Ok(UnitChanges::Http),
+        }
+    }
+
+    fn units_url(&self, path: &str) -> String {
+        match self {
+            Client::Http { endpoint, .. } => format!("{endpoint}/flotilla/v1/units{path}"),
+            Client::Bus(_) => String::new(),
+        }
+    }
+
+    async fn http_units(&self) -> Result<Vec<Value>, Error> {
+        let Client::Http { http, .. } = self else {
+            return Err(Error::Unreachable("not an HTTP client".into()));
+        };
+        let body = self.units_json(http.get(self.units_url(""))).await?;
+        Ok(body["units"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Sends a request of flotilla's own API; a non-2xx answer is `Refused`, named as the
+    /// D-Bus interface names it, with the agent's message (and a malformed unit's
+    /// diagnostics, one per line).
+    async fn units_json(&self, req: reqwest::RequestBuilder) -> Result<Value, Error> {
+        let endpoint = match self {
+            Client::Http { endpoint, .. } => endpoint.as_str(),
+            Client::Bus(_) => "",
+        };
+        let resp = req
+            .timeout(UNITS_DEADLINE)
+            .send()
+            .await
+            .map_err(|e| Error::Unreachable(format!("cannot reach {endpoint}: {e}")))?;
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.map_err(|e| {
+            Error::Unreachable(format!("{endpoint} sent a reply that is not JSON: {e}"))
+        })?;
+        if (200..300).contains(&status) {
+            return Ok(body);
+        }
+        let mut message = body["error"]
+            .as_str()
+            .unwrap_or("the agent refused the request")
+            .to_owned();
+        if let Some(d) = body["diagnostics"].as_array()
+            && !message.contains('\n')
+        {
+            for line in d.iter().filter_map(Value::as_str) {
+                message.push('\n');
+                message.push_str(line);
+            }
+        }
+        let name = match status {
+            404 => "UnitNotFound",
+            409 if body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("already exists")) =>
+            {
+                "UnitExists"
+            }
+            409 => "UnitNotRunning",
+            400 if body["diagnostics"].is_array() => "InvalidUnit",
+            400 => "InvalidArgument",
+            502 => "MachineUnreachable",
+            503 => "NoLeader",
+            _ => "Failed",
+        };
+        Err(Error::refused(name, message))
+    }
+}
+
+/// The rows of list-units for one unit of `/flotilla/v1/units`: one per assigned machine.
+fn unit_states(u: &Value) -> Vec<UnitState> {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    let states = u["states"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    u["machines"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(Value::as_str)
+        .map(|m| {
+            let s = states
+                .iter()
+                .find(|s| s["machine"] == m)
+                .unwrap_or(&Value::Null);
+            UnitState {
+                unit: text(&u["name"]),
+                machine: m.to_owned(),
+                desired: text(&u["desired"]),
+                load: text(&s["load"]),
+                active: text(&s["active"]),
+                sub: text(&s["sub"]),
+                hash: text(&u["hash"]),
+                result: text(&s["result"]),
+                main_pid: s["mainPid"]
+                    .as_u64()
+                    .and_then(|p| u32::try_from(p).ok())
+                    .unwrap_or(0),
+                since_ms: s["sinceMs"].as_u64().unwrap_or(0),
+            }
+        })
+        .collect()
+}
+
+/// A row of list-unit-files from a unit of `/flotilla/v1/units`.
+fn unit_file(u: &Value) -> UnitFile {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    UnitFile {
+        unit: text(&u["name"]),
+        hash: text(&u["hash"]),
+        desired: text(&u["desired"]),
+        state: text(&u["state"]),
+        machines: u["machines"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        unschedulable: text(&u["unschedulable"]),
+    }
+}
+
+/// A machine of `/flotilla/v1/machines`.
+fn machine(m: &Value) -> MachineRecord {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    MachineRecord {
+        name: text(&m["name"]),
+        machine_id: text(&m["machineID"]),
+        addr: text(&m["addr"]),
+        metadata: m["metadata"]
+            .as_object()
+            .map(|o| o.iter().map(|(k, v)| (k.clone(), text(v))).collect())
+            .unwrap_or_default(),
+        status: text(&m["status"]),
+        since_ms: m["sinceMs"].as_u64().unwrap_or(0),
+    }
+}
+
+/// The answer of `/flotilla/v1/units/NAME/{status,journal}`.
+fn unit_output(v: &Value) -> UnitOutput {
+    UnitOutput {
+        machine: v["machine"].as_str().unwrap_or_default().to_owned(),
+        output: v["output"].as_str().unwrap_or_default().to_owned(),
+        exit_code: v["exitCode"]
+            .as_i64()
+            .and_then(|c| i32::try_from(c).ok())
+            .unwrap_or(-1),
+    }
+}
+
 /// `/key` from `key` or `/key/`.
 fn normalize(key: &str) -> String {
     let trimmed = key.trim_matches('/');
@@ -575,6 +912,34 @@ mod tests {
         assert_eq!(
             (out[0].modified_index, out[2].ttl, out[1].dir),
             (3, 5, true)
+        );
+    }
+
+    #[test]
+    fn http_units_become_the_rows_the_bus_gives() {
+        let u = json!({
+            "name": "hello.service", "hash": "abc", "desired": "launched", "state": "launched",
+            "machines": ["n1", "n2"], "unschedulable": null,
+            "states": [
+                {"machine": "n1", "load": "loaded", "active": "active", "sub": "running",
+                 "mainPid": 42, "result": "success", "sinceMs": 7},
+                {"machine": "n3", "load": "loaded", "active": "inactive", "sub": "dead"}
+            ]
+        });
+        let rows = unit_states(&u);
+        let got: Vec<(&str, &str, u32)> = rows
+            .iter()
+            .map(|r| (r.machine.as_str(), r.active.as_str(), r.main_pid))
+            .collect();
+        assert_eq!(got, [("n1", "active", 42), ("n2", "", 0)]);
+        assert_eq!(
+            (rows[0].desired.as_str(), rows[0].since_ms),
+            ("launched", 7)
+        );
+        let f = unit_file(&u);
+        assert_eq!(
+            (f.state.as_str(), f.machines.len(), f.unschedulable.as_str()),
+            ("launched", 2, "")
         );
     }
 

@@ -8,9 +8,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod ca;
 mod cat;
 mod client;
 mod completions;
+mod images;
 mod kv;
 mod man;
 mod member;
@@ -18,9 +20,10 @@ mod unit_files;
 mod units;
 mod verify;
 
+use images::{list as images_list, pull, rmi, run as run_image};
 use units::{
-    destroy, journal, list_machines, list_unit_files, list_units, load, start, status, stop,
-    submit, unload,
+    destroy, journal, list_machines, list_unit_files, list_units, load, restart, start, status,
+    stop, submit, unload,
 };
 
 /// Options every command takes.
@@ -33,6 +36,28 @@ pub(crate) struct Global {
     /// Output format: text for people, json for scripts
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
     pub(crate) output: Output,
+
+    /// With an https:// --endpoint: the CA certificate (PEM) the agent's certificate must chain to
+    #[arg(long, global = true, env = "FLOTCTL_CA_FILE", value_name = "FILE")]
+    pub(crate) ca_file: Option<std::path::PathBuf>,
+
+    /// A client certificate (PEM) to present to the agent (its common name is the user)
+    #[arg(long, global = true, env = "FLOTCTL_CERT_FILE", value_name = "FILE")]
+    pub(crate) cert_file: Option<std::path::PathBuf>,
+
+    /// The client certificate's private key (PEM)
+    #[arg(long, global = true, env = "FLOTCTL_KEY_FILE", value_name = "FILE")]
+    pub(crate) key_file: Option<std::path::PathBuf>,
+
+    /// A token for the agent's HTTP API (sent as Authorization: Bearer)
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTCTL_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub(crate) token: Option<String>,
 }
 
 /// How results are printed.
@@ -74,11 +99,17 @@ commands! {
     Stop => stop,
     Unload => unload,
     Destroy => destroy,
+    Restart => restart,
     ListUnits => list_units,
     ListUnitFiles => list_unit_files,
     ListMachines => list_machines,
+    Pull => pull,
+    Images => images_list,
+    Rmi => rmi,
+    Run => run_image,
     Status => status,
     Journal => journal,
+    Ca => ca,
     Completions => completions,
     Man => man,
 }
@@ -94,7 +125,9 @@ Examples:
   flotctl man --dir /usr/share/man/man1         one page per command
 
 Environment:
-  FLOTCTL_ENDPOINT   the default for --endpoint";
+  FLOTCTL_ENDPOINT   the default for --endpoint
+  FLOTCTL_CA_FILE, FLOTCTL_CERT_FILE, FLOTCTL_KEY_FILE, FLOTCTL_TOKEN
+                     the defaults for --ca-file, --cert-file, --key-file, --token";
 
 /// flotctl talks to a flotilla cluster: unit files, the key-value store, machines.
 #[derive(Debug, Parser)]

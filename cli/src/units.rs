@@ -1,24 +1,24 @@
 //! fleetctl's unit commands: `submit`, `load`, `start`, `stop`, `unload`, `destroy`,
-//! `list-units`, `list-unit-files`, `list-machines`, `status`, `journal`.
+//! `restart`, `list-units`, `list-unit-files`, `list-machines`, `status`, `journal`.
 //!
-//! They talk to an agent's HTTP API (`/flotilla/v1/units`, `/flotilla/v1/machines`) directly,
-//! at `--endpoint` or else `http://127.0.0.1:2379` (the local agent): the agent's D-Bus
-//! interface has no unit methods yet. Tables are aligned as fleetctl prints them
-//! (`--no-legend`, `--fields`).
+//! They go through [`Client`]: the local agent over D-Bus by default, any agent's HTTP API
+//! (`/flotilla/v1/units`, `/flotilla/v1/machines`) with `--endpoint`; the output is the same
+//! either way. Tables are aligned as fleetctl prints them (`--no-legend`, `--fields`,
+//! `--full`); `--output json` prints the rows as the D-Bus interface types them. Commands
+//! that wait (`start`, `load`, `stop`, `unload`) wake on `UnitStateChanged` over D-Bus and
+//! poll over HTTP. An error is one line on stderr (a malformed unit adds one
+//! `file:line:column` line per problem) and exit code 1.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use flotilla_dbus::agent1::{UnitFile, UnitState};
 use serde_json::{Value, json};
 
+use crate::client::{Client, UnitChanges, Verb};
 use crate::{Global, Output};
-
-/// The endpoint when `--endpoint` is not given.
-const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2379";
-/// How long one HTTP request may take.
-const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A unit given on the command line: a file (name = file name, text read) or a name.
 #[derive(Debug, Clone)]
@@ -39,87 +39,15 @@ impl UnitArg {
         let file = path.is_file().then(|| path.to_path_buf());
         Ok(UnitArg { name, file })
     }
-}
 
-/// The HTTP client of the unit API.
-struct Http {
-    client: reqwest::Client,
-    endpoint: String,
-}
-
-impl Http {
-    fn new(global: &Global) -> Result<Http> {
-        let client = reqwest::Client::builder()
-            .timeout(REQUEST_DEADLINE)
-            .build()
-            .context("cannot build the HTTP client")?;
-        let endpoint = global
-            .endpoint
-            .clone()
-            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned())
-            .trim_end_matches('/')
-            .to_owned();
-        Ok(Http { client, endpoint })
-    }
-
-    /// Sends `req`; a non-2xx answer is an error carrying the agent's message and diagnostics.
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value> {
-        let reply = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the agent at {}", self.endpoint))?;
-        let status = reply.status();
-        let body: Value = reply
-            .json()
-            .await
-            .with_context(|| format!("{} sent a reply that is not JSON", self.endpoint))?;
-        if !status.is_success() {
-            let mut msg = body["error"]
-                .as_str()
-                .unwrap_or("the agent refused the request")
-                .to_owned();
-            if let Some(d) = body["diagnostics"].as_array()
-                && !msg.contains('\n')
-            {
-                for line in d.iter().filter_map(Value::as_str) {
-                    msg.push('\n');
-                    msg.push_str(line);
-                }
-            }
-            bail!("{msg}");
-        }
-        Ok(body)
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.endpoint)
-    }
-
-    async fn put(&self, name: &str, body: Value) -> Result<Value> {
-        self.send(
-            self.client
-                .put(self.url(&format!("/flotilla/v1/units/{name}")))
-                .json(&body),
-        )
-        .await
-    }
-
-    async fn units(&self) -> Result<Vec<Value>> {
-        let body = self
-            .send(self.client.get(self.url("/flotilla/v1/units")))
-            .await?;
-        Ok(body["units"].as_array().cloned().unwrap_or_default())
-    }
-
-    /// Submits `u` if it names a file (a different content is refused unless `replace`).
-    async fn submit(&self, u: &UnitArg, replace: bool) -> Result<()> {
-        let Some(file) = &u.file else {
+    /// Submits the unit if it names a file (a different content is refused unless `replace`).
+    async fn submit(&self, client: &Client, replace: bool) -> Result<()> {
+        let Some(file) = &self.file else {
             return Ok(());
         };
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("cannot read {}", file.display()))?;
-        self.put(&u.name, json!({ "text": text, "replace": replace }))
-            .await?;
+        client.submit_unit(&self.name, &text, replace).await?;
         Ok(())
     }
 }
@@ -129,6 +57,14 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
+}
+
+/// Runs `f` with a client of the agent `global` names.
+fn with_client<T>(global: &Global, f: impl AsyncFnOnce(&Client) -> Result<T>) -> Result<T> {
+    runtime()?.block_on(async {
+        let client = Client::connect(global).await?;
+        f(&client).await
+    })
 }
 
 /// Options of the commands that change desired states.
@@ -148,26 +84,28 @@ pub(crate) struct Change {
     block_timeout: u64,
 }
 
-/// Submits, then applies `transition` (if any) to every unit, then waits for `ready`.
-fn change(global: &Global, c: Change, transition: Option<&str>, ready: Ready) -> Result<ExitCode> {
+/// Submits, then applies `verb` (if any) to every unit, then waits for `ready`.
+fn change(global: &Global, c: Change, verb: Option<Verb>, ready: Ready) -> Result<ExitCode> {
     let units = c
         .units
         .iter()
         .map(|u| UnitArg::parse(u))
         .collect::<Result<Vec<_>>>()?;
-    runtime()?.block_on(async {
-        let http = Http::new(global)?;
+    with_client(global, async |client| {
+        // Subscribed before the changes, so no state change they cause is missed.
+        let mut changes = client.unit_changes().await?;
         for u in &units {
-            http.submit(u, c.replace).await?;
-            if let Some(t) = transition {
-                http.put(&u.name, json!({ "transition": t })).await?;
+            u.submit(client, c.replace).await?;
+            if let Some(verb) = verb {
+                client.unit_verb(&u.name, verb).await?;
             }
         }
         if c.no_block || ready == Ready::Now {
             return Ok(ExitCode::SUCCESS);
         }
         let names: Vec<&str> = units.iter().map(|u| u.name.as_str()).collect();
-        wait(&http, &names, ready, Duration::from_secs(c.block_timeout)).await?;
+        let deadline = Duration::from_secs(c.block_timeout);
+        wait(client, &mut changes, &names, ready, deadline).await?;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -185,69 +123,51 @@ enum Ready {
     Gone,
 }
 
-/// Whether `unit` (a row of the list) is in the state `ready` waits for.
-fn reached(unit: &Value, ready: Ready) -> bool {
-    let machines: Vec<&str> = unit["machines"]
-        .as_array()
-        .map(|m| m.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    let state = |m: &str| {
-        unit["states"]
-            .as_array()
-            .and_then(|s| s.iter().find(|s| s["machine"] == m))
-            .cloned()
-    };
+/// Whether unit `name` is in the state `ready` waits for, by list-units' rows.
+fn reached(rows: &[UnitState], name: &str, ready: Ready) -> bool {
+    let mine: Vec<&UnitState> = rows.iter().filter(|r| r.unit == name).collect();
     match ready {
         Ready::Now => true,
-        Ready::Gone => machines.is_empty(),
-        Ready::Active => {
-            !machines.is_empty()
-                && machines
-                    .iter()
-                    .all(|m| state(m).is_some_and(|s| s["active"] == "active"))
-        }
+        Ready::Gone => mine.is_empty(),
+        Ready::Active => !mine.is_empty() && mine.iter().all(|r| r.active == "active"),
         Ready::Loaded => {
-            !machines.is_empty()
-                && machines.iter().all(|m| {
-                    state(m).is_some_and(|s| {
-                        s["load"] == "loaded"
-                            && matches!(s["active"].as_str(), Some("inactive" | "failed"))
-                    })
+            !mine.is_empty()
+                && mine.iter().all(|r| {
+                    r.load == "loaded" && matches!(r.active.as_str(), "inactive" | "failed")
                 })
         }
     }
 }
 
 /// Waits (fleetctl's blocking) until every unit of `names` reached `ready`, or fails naming
-/// those that did not.
-async fn wait(http: &Http, names: &[&str], ready: Ready, deadline: Duration) -> Result<()> {
+/// those that did not (with the scheduler's reason when it has one).
+async fn wait(
+    client: &Client,
+    changes: &mut UnitChanges,
+    names: &[&str],
+    ready: Ready,
+    deadline: Duration,
+) -> Result<()> {
     let until = Instant::now() + deadline;
     let mut period = Duration::from_millis(100);
     loop {
-        let units = http.units().await?;
+        let rows = client.list_units().await?;
         let pending: Vec<&str> = names
             .iter()
             .copied()
-            .filter(|n| {
-                let row = units.iter().find(|u| u["name"] == *n);
-                match row {
-                    Some(u) => !reached(u, ready),
-                    None => ready != Ready::Gone,
-                }
-            })
+            .filter(|n| !reached(&rows, n, ready))
             .collect();
         if pending.is_empty() {
             return Ok(());
         }
-        if Instant::now() >= until {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            let files = client.list_unit_files().await.unwrap_or_default();
             let why: Vec<String> = pending
                 .iter()
-                .map(|n| {
-                    let row = units.iter().find(|u| u["name"] == *n);
-                    match row.and_then(|u| u["unschedulable"].as_str()) {
-                        Some(reason) => format!("{n} ({reason})"),
-                        None => (*n).to_owned(),
-                    }
+                .map(|n| match files.iter().find(|f| f.unit == *n) {
+                    Some(f) if !f.unschedulable.is_empty() => format!("{n} ({})", f.unschedulable),
+                    _ => (*n).to_owned(),
                 })
                 .collect();
             bail!(
@@ -261,7 +181,7 @@ async fn wait(http: &Http, names: &[&str], ready: Ready, deadline: Duration) -> 
                 why.join(", ")
             );
         }
-        tokio::time::sleep(period).await;
+        changes.next(period.min(left)).await;
         period = (period * 2).min(Duration::from_secs(1));
     }
 }
@@ -309,7 +229,7 @@ pub(crate) mod load {
     }
 
     pub(crate) fn run(global: &Global, args: Args) -> Result<ExitCode> {
-        change(global, args.change, Some("load"), Ready::Loaded)
+        change(global, args.change, Some(Verb::Load), Ready::Loaded)
     }
 }
 
@@ -325,7 +245,7 @@ pub(crate) mod start {
     }
 
     pub(crate) fn run(global: &Global, args: Args) -> Result<ExitCode> {
-        change(global, args.change, Some("start"), Ready::Active)
+        change(global, args.change, Some(Verb::Start), Ready::Active)
     }
 }
 
@@ -341,7 +261,7 @@ pub(crate) mod stop {
     }
 
     pub(crate) fn run(global: &Global, args: Args) -> Result<ExitCode> {
-        change(global, args.change, Some("stop"), Ready::Loaded)
+        change(global, args.change, Some(Verb::Stop), Ready::Loaded)
     }
 }
 
@@ -357,7 +277,7 @@ pub(crate) mod unload {
     }
 
     pub(crate) fn run(global: &Global, args: Args) -> Result<ExitCode> {
-        change(global, args.change, Some("unload"), Ready::Gone)
+        change(global, args.change, Some(Verb::Unload), Ready::Gone)
     }
 }
 
@@ -379,12 +299,42 @@ pub(crate) mod destroy {
             .iter()
             .map(|u| UnitArg::parse(u))
             .collect::<Result<Vec<_>>>()?;
-        runtime()?.block_on(async {
-            let http = Http::new(global)?;
+        with_client(global, async |client| {
             for u in &units {
-                let url = http.url(&format!("/flotilla/v1/units/{}", u.name));
-                http.send(http.client.delete(url)).await?;
+                client.destroy_unit(&u.name).await?;
                 println!("Destroyed {}", u.name);
+            }
+            Ok(ExitCode::SUCCESS)
+        })
+    }
+}
+
+/// `flotctl restart`.
+pub(crate) mod restart {
+    use super::*;
+
+    /// Restart started units one machine at a time (rolling): each machine once the previous
+    /// one runs the unit again
+    #[derive(Debug, clap::Args)]
+    pub(crate) struct Args {
+        /// Unit names (a template: every started instance of it)
+        #[arg(required = true, value_name = "UNIT")]
+        units: Vec<String>,
+    }
+
+    pub(crate) fn run(global: &Global, args: Args) -> Result<ExitCode> {
+        let units = args
+            .units
+            .iter()
+            .map(|u| UnitArg::parse(u))
+            .collect::<Result<Vec<_>>>()?;
+        with_client(global, async |client| {
+            for u in &units {
+                if client.restart_unit(&u.name).await? {
+                    println!("Restarting {}", u.name);
+                } else {
+                    println!("Restarting {} (already under way)", u.name);
+                }
             }
             Ok(ExitCode::SUCCESS)
         })
@@ -403,7 +353,7 @@ pub(crate) struct TableArgs {
 }
 
 /// Prints rows (already as strings by field) as an aligned table, or JSON.
-fn print_table(
+pub(crate) fn print_table(
     global: &Global,
     t: &TableArgs,
     all: &[&str],
@@ -453,6 +403,24 @@ fn print_table(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `-` for an empty cell.
+fn cell(s: &str) -> String {
+    if s.is_empty() {
+        "-".to_owned()
+    } else {
+        s.to_owned()
+    }
+}
+
+/// A content hash as fleetctl shows it: 7 digits, or whole with `--full`.
+fn hash(h: &str, full: bool) -> String {
+    if full {
+        cell(h)
+    } else {
+        cell(&h.chars().take(7).collect::<String>())
+    }
+}
+
 /// `flotctl list-units`.
 pub(crate) mod list_units {
     use super::*;
@@ -467,43 +435,36 @@ pub(crate) mod list_units {
     pub(crate) struct Args {
         #[command(flatten)]
         table: TableArgs,
+        /// Do not shorten hashes
+        #[arg(long)]
+        full: bool,
     }
 
     pub(crate) fn run(global: &Global, args: Args) -> Result<ExitCode> {
-        let units = runtime()?.block_on(async { Http::new(global)?.units().await })?;
-        let mut rows = Vec::new();
-        for u in &units {
-            let name = u["name"].as_str().unwrap_or_default().to_owned();
-            let machines: Vec<&str> = u["machines"]
-                .as_array()
-                .map(|m| m.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            for m in machines {
-                let s = u["states"]
-                    .as_array()
-                    .and_then(|s| s.iter().find(|s| s["machine"] == m))
-                    .cloned()
-                    .unwrap_or(Value::Null);
-                let text = |k: &str| s[k].as_str().unwrap_or("-").to_owned();
-                rows.push(vec![
-                    ("unit", name.clone()),
-                    ("machine", m.to_owned()),
-                    ("load", text("load")),
-                    ("active", text("active")),
-                    ("sub", text("sub")),
-                    ("desired", u["desired"].as_str().unwrap_or("-").to_owned()),
+        let units = with_client(global, async |c| Ok(c.list_units().await?))?;
+        let rows: Vec<_> = units
+            .iter()
+            .map(|u| {
+                vec![
+                    ("unit", cell(&u.unit)),
+                    ("machine", cell(&u.machine)),
+                    ("load", cell(&u.load)),
+                    ("active", cell(&u.active)),
+                    ("sub", cell(&u.sub)),
+                    ("desired", cell(&u.desired)),
                     (
                         "pid",
-                        s["mainPid"].as_u64().map_or("-".into(), |p| p.to_string()),
+                        if u.main_pid == 0 {
+                            "-".to_owned()
+                        } else {
+                            u.main_pid.to_string()
+                        },
                     ),
-                    ("result", text("result")),
-                    (
-                        "hash",
-                        u["hash"].as_str().unwrap_or("-").chars().take(7).collect(),
-                    ),
-                ]);
-            }
-        }
+                    ("result", cell(&u.result)),
+                    ("hash", hash(&u.hash, args.full)),
+                ]
+            })
+            .collect();
         print_table(global, &args.table, ALL, DEFAULT, &rows, json!(units))
     }
 }
@@ -512,7 +473,7 @@ pub(crate) mod list_units {
 pub(crate) mod list_unit_files {
     use super::*;
 
-    const ALL: &[&str] = &["unit", "hash", "dstate", "state", "target"];
+    const ALL: &[&str] = &["unit", "hash", "dstate", "state", "target", "reason"];
     const DEFAULT: &[&str] = &["unit", "hash", "dstate", "state", "target"];
 
     /// List the unit files of the cluster with their desired and current states
@@ -520,46 +481,27 @@ pub(crate) mod list_unit_files {
     pub(crate) struct Args {
         #[command(flatten)]
         table: TableArgs,
+        /// Do not shorten hashes
+        #[arg(long)]
+        full: bool,
     }
 
     pub(crate) fn run(global: &Global, args: Args) -> Result<ExitCode> {
-        let units = runtime()?.block_on(async { Http::new(global)?.units().await })?;
-        let rows: Vec<_> = units
+        let files: Vec<UnitFile> = with_client(global, async |c| Ok(c.list_unit_files().await?))?;
+        let rows: Vec<_> = files
             .iter()
-            .map(|u| {
-                let machines: Vec<&str> = u["machines"]
-                    .as_array()
-                    .map(|m| m.iter().filter_map(Value::as_str).collect())
-                    .unwrap_or_default();
-                // fleet's current state: launched if active somewhere, loaded if loaded.
-                let states = u["states"].as_array().cloned().unwrap_or_default();
-                let state = if states.iter().any(|s| s["active"] == "active") {
-                    "launched"
-                } else if states.iter().any(|s| s["load"] == "loaded") {
-                    "loaded"
-                } else {
-                    "inactive"
-                };
+            .map(|f| {
                 vec![
-                    ("unit", u["name"].as_str().unwrap_or_default().to_owned()),
-                    (
-                        "hash",
-                        u["hash"].as_str().unwrap_or("-").chars().take(7).collect(),
-                    ),
-                    ("dstate", u["desired"].as_str().unwrap_or("-").to_owned()),
-                    ("state", state.to_owned()),
-                    (
-                        "target",
-                        if machines.is_empty() {
-                            "-".to_owned()
-                        } else {
-                            machines.join(",")
-                        },
-                    ),
+                    ("unit", cell(&f.unit)),
+                    ("hash", hash(&f.hash, args.full)),
+                    ("dstate", cell(&f.desired)),
+                    ("state", cell(&f.state)),
+                    ("target", cell(&f.machines.join(","))),
+                    ("reason", cell(&f.unschedulable)),
                 ]
             })
             .collect();
-        print_table(global, &args.table, ALL, DEFAULT, &rows, json!(units))
+        print_table(global, &args.table, ALL, DEFAULT, &rows, json!(files))
     }
 }
 
@@ -581,37 +523,23 @@ pub(crate) mod list_machines {
     }
 
     pub(crate) fn run(global: &Global, args: Args) -> Result<ExitCode> {
-        let body = runtime()?.block_on(async {
-            let http = Http::new(global)?;
-            http.send(http.client.get(http.url("/flotilla/v1/machines")))
-                .await
-        })?;
-        let machines = body["machines"].as_array().cloned().unwrap_or_default();
+        let machines = with_client(global, async |c| Ok(c.list_machines().await?))?;
         let rows: Vec<_> = machines
             .iter()
             .map(|m| {
-                let id = m["machineID"].as_str().unwrap_or("-");
                 let id = if args.full {
-                    id.to_owned()
+                    cell(&m.machine_id)
                 } else {
-                    format!("{}...", id.chars().take(8).collect::<String>())
+                    format!("{}...", m.machine_id.chars().take(8).collect::<String>())
                 };
-                let metadata = m["metadata"]
-                    .as_object()
-                    .map(|o| {
-                        o.iter()
-                            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or_else(|| "-".to_owned());
+                let metadata: Vec<String> =
+                    m.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 vec![
                     ("machine", id),
-                    ("name", m["name"].as_str().unwrap_or("-").to_owned()),
-                    ("ip", m["addr"].as_str().unwrap_or("-").to_owned()),
-                    ("metadata", metadata),
-                    ("status", m["status"].as_str().unwrap_or("-").to_owned()),
+                    ("name", cell(&m.name)),
+                    ("ip", cell(&m.addr)),
+                    ("metadata", cell(&metadata.join(","))),
+                    ("status", cell(&m.status)),
                 ]
             })
             .collect();
@@ -619,19 +547,14 @@ pub(crate) mod list_machines {
     }
 }
 
-/// Prints `status` or `journal` of a unit as its machine's agent ran it.
-fn remote(global: &Global, name: &str, what: &str, query: &str) -> Result<ExitCode> {
-    let body = runtime()?.block_on(async {
-        let http = Http::new(global)?;
-        let url = http.url(&format!("/flotilla/v1/units/{name}/{what}{query}"));
-        http.send(http.client.get(url)).await
-    })?;
+/// Prints what `systemctl status` or `journalctl` printed on the unit's machine.
+fn print_output(global: &Global, out: &flotilla_dbus::agent1::UnitOutput) -> ExitCode {
     if global.output == Output::Json {
-        println!("{body}");
+        println!("{}", json!(out));
     } else {
-        print!("{}", body["output"].as_str().unwrap_or_default());
+        print!("{}", out.output);
     }
-    Ok(ExitCode::SUCCESS)
+    ExitCode::SUCCESS
 }
 
 /// `flotctl status`.
@@ -647,7 +570,8 @@ pub(crate) mod status {
 
     pub(crate) fn run(global: &Global, args: Args) -> Result<ExitCode> {
         let name = UnitArg::parse(&args.unit)?.name;
-        remote(global, &name, "status", "")
+        let out = with_client(global, async |c| Ok(c.unit_status(&name).await?))?;
+        Ok(print_output(global, &out))
     }
 }
 
@@ -655,7 +579,7 @@ pub(crate) mod status {
 pub(crate) mod journal {
     use super::*;
 
-    /// Show the journal of a unit, read on the machine that runs it
+    /// Show the journal of a unit, read on the machine that runs it (no --follow yet)
     #[derive(Debug, clap::Args)]
     pub(crate) struct Args {
         /// The unit name
@@ -667,7 +591,10 @@ pub(crate) mod journal {
 
     pub(crate) fn run(global: &Global, args: Args) -> Result<ExitCode> {
         let name = UnitArg::parse(&args.unit)?.name;
-        remote(global, &name, "journal", &format!("?lines={}", args.lines))
+        let out = with_client(global, async |c| {
+            Ok(c.journal_lines(&name, args.lines).await?)
+        })?;
+        Ok(print_output(global, &out))
     }
 }
 
@@ -675,22 +602,34 @@ pub(crate) mod journal {
 mod tests {
     use super::*;
 
-    fn unit(machines: &[&str], states: Value) -> Value {
-        json!({ "name": "hello.service", "machines": machines, "states": states })
+    fn row(machine: &str, load: &str, active: &str) -> UnitState {
+        UnitState {
+            unit: "hello.service".into(),
+            machine: machine.into(),
+            desired: "launched".into(),
+            load: load.into(),
+            active: active.into(),
+            sub: String::new(),
+            hash: String::new(),
+            result: String::new(),
+            main_pid: 0,
+            since_ms: 0,
+        }
     }
 
     #[test]
     fn active_means_active_on_every_assigned_machine() {
-        let u = unit(
-            &["a"],
-            json!([{ "machine": "a", "active": "active", "load": "loaded" }]),
-        );
-        assert!(reached(&u, Ready::Active));
-        assert!(!reached(&u, Ready::Loaded));
-        let stale = unit(&["b"], json!([{ "machine": "a", "active": "active" }]));
-        assert!(!reached(&stale, Ready::Active));
-        assert!(!reached(&unit(&[], json!([])), Ready::Active));
-        assert!(reached(&unit(&[], json!([])), Ready::Gone));
+        let rows = [row("a", "loaded", "active")];
+        assert!(reached(&rows, "hello.service", Ready::Active));
+        assert!(!reached(&rows, "hello.service", Ready::Loaded));
+        assert!(!reached(&rows, "hello.service", Ready::Gone));
+        let half = [row("a", "loaded", "active"), row("b", "", "")];
+        assert!(!reached(&half, "hello.service", Ready::Active));
+        assert!(!reached(&[], "hello.service", Ready::Active));
+        assert!(reached(&[], "hello.service", Ready::Gone));
+        let stopped = [row("a", "loaded", "failed")];
+        assert!(reached(&stopped, "hello.service", Ready::Loaded));
+        assert!(reached(&rows, "other.service", Ready::Gone));
     }
 
     #[test]
@@ -698,5 +637,13 @@ mod tests {
         let u = UnitArg::parse("/nonexistent/dir/hello.service").unwrap();
         assert_eq!(u.name, "hello.service");
         assert!(u.file.is_none());
+    }
+
+    #[test]
+    fn hashes_are_shortened_unless_full_and_empty_cells_are_dashes() {
+        assert_eq!(hash("0123456789abcdef", false), "0123456");
+        assert_eq!(hash("0123456789abcdef", true), "0123456789abcdef");
+        assert_eq!(hash("", false), "-");
+        assert_eq!(cell(""), "-");
     }
 }

@@ -6,15 +6,20 @@
 //!
 //! The server (`flotillad`'s `bus` module) implements exactly what [`INTROSPECTION`] declares; a
 //! test compares the live object's introspection with that file. Methods are grouped by
-//! subsystem and named `VerbNoun` (`GetKey`, `ListMembers`); the units and images methods slot in
-//! the same way (`SubmitUnit`, `StartUnit`, `ListUnits`, `PullImage`, ...) with their own error
-//! names under [`ERROR_PREFIX`].
+//! subsystem and named `VerbNoun` (`GetKey`, `ListMembers`, `StartUnit`); the images methods
+//! slot in the same way (`PullImage`, ...) with their own error names under [`ERROR_PREFIX`].
 //!
 //! - Keys: `GetKey`, `ListKeys`, `SetKey`, `DeleteKey`, and `WatchKeys` / `UnwatchKeys`: a watch is
 //!   a subscription of the calling connection to a key prefix; the agent emits `KeyChanged` for
 //!   every applied change under a watched prefix, and forgets a connection's watches when it
 //!   leaves the bus.
 //! - Machines: `ListMachines`, `GetMachine` (`""`: this machine), property `MachineId`.
+//! - Units (fleet's verbs): `SubmitUnit`, `LoadUnit`, `StartUnit`, `StopUnit`, `UnloadUnit`,
+//!   `DestroyUnit`, `RestartUnit` (rolling: one machine after the other), `ListUnits` (fleetctl
+//!   list-units' rows: [`UnitState`]), `ListUnitFiles` ([`UnitFile`]), and `UnitStatus` /
+//!   `JournalLines` ([`UnitOutput`]: `systemctl status` / `journalctl`, run on the machine that
+//!   runs the unit). Every agent emits `UnitStateChanged` when the state a machine reports for
+//!   a unit changes in the replicated state (empty states: the machine no longer has it).
 //! - Cluster: `ListMembers`, `AddMember`, `RemoveMember`, `Health`; properties `Leader`,
 //!   `Members`, `Version` (with `PropertiesChanged`) and the signal `LeaderChanged`.
 //!
@@ -51,7 +56,19 @@ pub const ERROR_PREFIX: &str = "org.flotilla.Agent1.Error";
 /// The group whose members may call the methods that change state (besides root).
 pub const GROUP: &str = "flotilla";
 /// The methods that change state: root and [`GROUP`] only.
-pub const MUTATING_METHODS: &[&str] = &["SetKey", "DeleteKey", "AddMember", "RemoveMember"];
+pub const MUTATING_METHODS: &[&str] = &[
+    "SetKey",
+    "DeleteKey",
+    "AddMember",
+    "RemoveMember",
+    "SubmitUnit",
+    "LoadUnit",
+    "StartUnit",
+    "StopUnit",
+    "UnloadUnit",
+    "DestroyUnit",
+    "RestartUnit",
+];
 /// The most key prefixes one connection may watch at once.
 pub const MAX_WATCHES_PER_CONNECTION: usize = 64;
 
@@ -144,6 +161,61 @@ pub struct Health {
     pub applied_index: u64,
 }
 
+/// A unit on a machine it is assigned to, a row of fleetctl's `list-units`: `(ssssssssut)`.
+/// A state the machine has not reported yet is empty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct UnitState {
+    /// The unit name.
+    pub unit: String,
+    /// The machine's name.
+    pub machine: String,
+    /// fleet's desired state: `inactive`, `loaded` or `launched`.
+    pub desired: String,
+    /// systemd's `LoadState` there (`loaded`, `not-found`, ...).
+    pub load: String,
+    /// systemd's `ActiveState` there (`active`, `inactive`, `failed`, ...).
+    pub active: String,
+    /// systemd's `SubState` there (`running`, `dead`, ...).
+    pub sub: String,
+    /// The content hash of the unit file (SHA-256, hex).
+    pub hash: String,
+    /// systemd's `Result` there (`success`, `exit-code`, ...).
+    pub result: String,
+    /// The main PID there (0: none).
+    pub main_pid: u32,
+    /// When `active` last changed there (ms since the Unix epoch, that machine's clock).
+    pub since_ms: u64,
+}
+
+/// A unit file of the cluster, a row of fleetctl's `list-unit-files`: `(ssssass)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct UnitFile {
+    /// The unit name.
+    pub unit: String,
+    /// The content hash (SHA-256, hex).
+    pub hash: String,
+    /// fleet's desired state: `inactive`, `loaded` or `launched`.
+    pub desired: String,
+    /// fleet's current state: `launched` (active on a machine), `loaded` or `inactive`.
+    pub state: String,
+    /// The machines it is assigned to.
+    pub machines: Vec<String>,
+    /// Why the scheduler cannot place it (empty: nothing stops it).
+    pub unschedulable: String,
+}
+
+/// What a command (`systemctl status`, `journalctl`) printed on the machine of a unit:
+/// `(ssi)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct UnitOutput {
+    /// The machine it ran on.
+    pub machine: String,
+    /// Its standard output, then its standard error.
+    pub output: String,
+    /// Its exit code (-1: killed by a signal).
+    pub exit_code: i32,
+}
+
 /// The named errors the agent returns, `org.flotilla.Agent1.Error.<Variant>`, each with a message
 /// for a person.
 #[derive(Debug, zbus::DBusError)]
@@ -176,6 +248,18 @@ pub enum Error {
     MachineNotFound(String),
     /// The cluster refused the change (a member that exists, the last voter, ...).
     Rejected(String),
+    /// No such unit (nor a template to create it from).
+    UnitNotFound(String),
+    /// The unit file or name is not valid; a malformed file's message has one
+    /// `file:line:column: message` line per problem.
+    InvalidUnit(String),
+    /// A unit of different content exists under that name (submit it with `replace`).
+    UnitExists(String),
+    /// The unit does not run where the call needs it to (stop of an inactive unit, restart
+    /// of a unit not started, status of a unit on no machine).
+    UnitNotRunning(String),
+    /// The machine that runs the unit could not be reached.
+    MachineUnreachable(String),
     /// The calling connection watches too many prefixes.
     TooManyWatches(String),
     /// Anything else.
@@ -244,6 +328,53 @@ pub trait Agent1 {
     /// Whether a leader is known and holds a quorum.
     fn health(&self) -> Result<Health, Error>;
 
+    /// Submits a unit file (a different content under `name` needs `replace`); whether it
+    /// changed anything.
+    fn submit_unit(&self, name: &str, text: &str, replace: bool) -> Result<bool, Error>;
+
+    /// fleetctl load: places the unit on a machine, loaded and not started.
+    fn load_unit(&self, name: &str) -> Result<bool, Error>;
+
+    /// fleetctl start: places the unit on a machine and starts it.
+    fn start_unit(&self, name: &str) -> Result<bool, Error>;
+
+    /// fleetctl stop: stops the unit; it stays loaded on its machines.
+    fn stop_unit(&self, name: &str) -> Result<bool, Error>;
+
+    /// fleetctl unload: stops the unit and takes it off its machines.
+    fn unload_unit(&self, name: &str) -> Result<bool, Error>;
+
+    /// fleetctl destroy: stops the unit and removes it from the cluster.
+    fn destroy_unit(&self, name: &str) -> Result<(), Error>;
+
+    /// Restarts a started unit (or every started instance of a template) one machine after
+    /// the other; `false`: a rolling restart of it is already under way.
+    fn restart_unit(&self, name: &str) -> Result<bool, Error>;
+
+    /// Every unit on every machine it is assigned to, with the state that machine reports.
+    fn list_units(&self) -> Result<Vec<UnitState>, Error>;
+
+    /// Every unit file of the cluster.
+    fn list_unit_files(&self) -> Result<Vec<UnitFile>, Error>;
+
+    /// `systemctl status` of the unit, run on the machine that runs it.
+    fn unit_status(&self, name: &str) -> Result<UnitOutput, Error>;
+
+    /// The last `lines` lines of the unit's journal, read on the machine that runs it.
+    fn journal_lines(&self, name: &str, lines: u32) -> Result<UnitOutput, Error>;
+
+    /// The state a machine reports for a unit changed (all three empty: the machine no longer
+    /// has the unit).
+    #[zbus(signal)]
+    fn unit_state_changed(
+        &self,
+        name: &str,
+        machine: &str,
+        load: &str,
+        active: &str,
+        sub: &str,
+    ) -> zbus::Result<()>;
+
     /// A change under a watched prefix: the key, etcd's action (`set`, `delete`, `expire`, ...),
     /// the node after the change (for a deletion: the key with an empty value) and the index.
     #[zbus(signal)]
@@ -281,6 +412,9 @@ mod tests {
         assert_eq!(MachineRecord::SIGNATURE.to_string(), "(sssa{ss}st)");
         assert_eq!(MemberRecord::SIGNATURE.to_string(), "(sssasbb)");
         assert_eq!(Health::SIGNATURE.to_string(), "(bsstt)");
+        assert_eq!(UnitState::SIGNATURE.to_string(), "(ssssssssut)");
+        assert_eq!(UnitFile::SIGNATURE.to_string(), "(ssssass)");
+        assert_eq!(UnitOutput::SIGNATURE.to_string(), "(ssi)");
     }
 
     #[test]

@@ -11,10 +11,12 @@
 //! Names (Consul's convention), under `[dns] domain` (default `flotilla.internal`):
 //!
 //! - `<svc>.service.<domain>` A/AAAA: the machines where a unit of the service is active;
-//! - `_<svc>._<proto>.service.<domain>` SRV for an unnamed `Advertise=PORT/proto`, and
-//!   `_<name>._<proto>.<svc>.service.<domain>` for a named `Advertise=NAME:PORT/proto`
+//! - `_<svc>._<proto>.service.<domain>` SRV for a port without a name, and
+//!   `_<name>._<proto>.<svc>.service.<domain>` for an [`Advertised`] port with a name
 //!   (RFC 2782's `_Service._Proto.Name`); priority 1, weight 1, target
-//!   `<host>.node.<domain>` whose addresses go in the additional section;
+//!   `<host>.node.<domain>` whose addresses go in the additional section. The agent passes
+//!   unnamed ports only: flotilla-units reads `Advertise=NAME:PORT` as the unit advertised
+//!   under the service `NAME`, so it becomes `_NAME._tcp.service.<domain>`;
 //! - `<host>.node.<domain>` A/AAAA, and TXT `key=value` for each metadata entry;
 //! - SOA and NS at the apex; every up machine is a name server of the zone.
 //!
@@ -29,9 +31,14 @@
 //! through hickory-server's `Server` with a `RequestHandler` over the same general path. Tests
 //! check that both paths give the same answers, and feed random and truncated packets to both.
 //!
+//! Names outside the zone are refused, or, given [`Upstreams`] ([`serve_forwarding`]), sent to
+//! those resolvers in turn (UDP for UDP clients, TCP for TCP clients; a fresh socket and a random
+//! id per forward, at most [`MAX_IN_FLIGHT`] at once, [`UPSTREAM_TIMEOUT`] each) and the first
+//! answer relayed; SERVFAIL when none answers.
+//!
 //! # Current limitations
 //!
-//! - Names outside the zone are refused; forwarding to upstream resolvers is not built.
+//! - Forwarding relays answers without caching them: every forwarded query reaches an upstream.
 //! - NXDOMAIN, ANY and names outside the zone take the general path (about half as fast).
 //! - The SOA serial is a hash of the zone's content, not an increasing number: there are no
 //!   secondaries to transfer to, and zone transfers (AXFR/IXFR) are not served.
@@ -40,6 +47,7 @@
 //!   should filter that target to `warn`.
 //! - Linux only (`recvmmsg`, `sendmmsg`, `SO_REUSEPORT`).
 
+mod forward;
 mod message;
 mod render;
 mod server;
@@ -50,9 +58,10 @@ mod zone;
 #[cfg(test)]
 mod tests;
 
+pub use forward::{MAX_IN_FLIGHT, UPSTREAM_TIMEOUT, Upstreams};
 pub use message::Transport;
 pub use render::render;
-pub use server::{ServeError, TCP_IDLE_TIMEOUT, bind_udp, serve};
+pub use server::{ServeError, TCP_IDLE_TIMEOUT, bind_tcp, bind_udp, serve, serve_forwarding};
 pub use zone::{
     Advertised, Answer, DEFAULT_DOMAIN, MachineRecord, Proto, ServiceInstance, Zone, ZoneConfig,
     ZoneData, ZoneError, service_name,

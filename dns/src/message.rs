@@ -69,6 +69,19 @@ pub(crate) fn plan<'z>(zone: &'z Zone, request: &MessageRequest, seed: u64) -> P
     }
 }
 
+/// Whether `request` is a plain query (class IN) for a name outside `zone`: what is forwarded
+/// when upstream resolvers are configured, and refused otherwise.
+pub(crate) fn is_outside(zone: &Zone, request: &MessageRequest) -> bool {
+    let [query] = request.queries.queries() else {
+        return false;
+    };
+    request.metadata.op_code == OpCode::Query
+        && request.metadata.message_type == hickory_proto::op::MessageType::Query
+        && request.edns.as_ref().is_none_or(|e| e.version() == 0)
+        && query.query_class() == DNSClass::IN
+        && !zone.origin().zone_of(query.name())
+}
+
 /// The transport a response is sent over: UDP responses are limited in size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
@@ -84,6 +97,14 @@ impl Zone {
             return Some(response);
         }
         self.respond_general(raw, transport, seed)
+    }
+
+    /// Whether the raw request `raw` is a plain query for a name outside the zone (see
+    /// [`crate::Upstreams`]).
+    pub fn is_outside(&self, raw: &[u8]) -> bool {
+        let source = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        Request::from_bytes(raw.to_vec(), source, Protocol::Udp)
+            .is_ok_and(|request| is_outside(self, &request))
     }
 
     /// [`Zone::respond`] without the fast path.
@@ -103,6 +124,9 @@ impl Zone {
         };
         if request.metadata.message_type == hickory_proto::op::MessageType::Response {
             return None;
+        }
+        if points_into_header(request.queries.as_bytes()) {
+            return Some(format_error(&request.metadata));
         }
         let plan = plan(self, &request, seed);
         let max_size = match transport {
@@ -126,6 +150,29 @@ impl Zone {
     }
 }
 
+/// Whether a name of the question section `questions` (as received, at offset 12) is
+/// compressed with a pointer into the header. hickory echoes the section as received, and the
+/// response's header differs: the echoed name would not decode, so such a request gets FORMERR
+/// without its question.
+pub(crate) fn points_into_header(questions: &[u8]) -> bool {
+    let mut at = 0;
+    while let Some(&len) = questions.get(at) {
+        match len {
+            0 => at += 5,
+            1..=63 => at += 1 + usize::from(len),
+            _ if len & 0xc0 == 0xc0 => {
+                let low = questions.get(at + 1).copied().unwrap_or(0);
+                if (usize::from(len & 0x3f) << 8 | usize::from(low)) < 12 {
+                    return true;
+                }
+                at += 6;
+            }
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// FORMERR for a request whose header was readable but whose body was not.
 fn format_error(request: &Metadata) -> Vec<u8> {
     error_bytes(request, ResponseCode::FormErr)
@@ -135,7 +182,8 @@ fn server_failure(request: &Metadata) -> Vec<u8> {
     error_bytes(request, ResponseCode::ServFail)
 }
 
-fn error_bytes(request: &Metadata, code: ResponseCode) -> Vec<u8> {
+/// A response with `code` and no question, to the request with header `request`.
+pub(crate) fn error_bytes(request: &Metadata, code: ResponseCode) -> Vec<u8> {
     let Ok(queries) = Queries::read(&mut BinDecoder::new(&[]), 0) else {
         return Vec::new();
     };

@@ -12,13 +12,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hickory_proto::op::{Header, HeaderCounts};
+use hickory_proto::op::{Header, HeaderCounts, Message, ResponseCode};
 use hickory_proto::rr::Record;
+use hickory_proto::serialize::binary::BinDecoder;
 use hickory_server::Server;
 use hickory_server::net::NetError;
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::{TcpListener, UdpSocket};
@@ -26,7 +27,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::message::{Transport, plan};
+use crate::forward::Upstreams;
+use crate::message::{Transport, is_outside, plan, points_into_header};
 use crate::udp::{BATCH, Batch};
 use crate::zone::Zone;
 
@@ -47,7 +49,8 @@ pub enum ServeError {
     Udp(std::io::Error),
 }
 
-/// Serves the zone published on `zone` on the given bound sockets until `cancel` fires.
+/// Serves the zone published on `zone` on the given bound sockets until `cancel` fires; names
+/// outside the zone are refused.
 ///
 /// A query reads the current zone (an `Arc` clone under the channel's read lock, never held
 /// across an await), so a new zone applies to the next query and a query never waits for a
@@ -58,11 +61,28 @@ pub async fn serve(
     tcp: Vec<TcpListener>,
     cancel: CancellationToken,
 ) -> Result<(), ServeError> {
-    let handler = ZoneHandler::new(zone.clone());
+    serve_forwarding(zone, udp, tcp, Upstreams::default(), cancel).await
+}
+
+/// As [`serve`], and queries for names outside the zone are forwarded to `upstreams` (refused
+/// when it is empty).
+pub async fn serve_forwarding(
+    zone: watch::Receiver<Arc<Zone>>,
+    udp: Vec<UdpSocket>,
+    tcp: Vec<TcpListener>,
+    upstreams: Upstreams,
+    cancel: CancellationToken,
+) -> Result<(), ServeError> {
+    let handler = ZoneHandler::new(zone.clone(), upstreams.clone());
     let seed = Arc::clone(&handler.seed);
     let mut udp_loops = JoinSet::new();
     for socket in udp {
-        udp_loops.spawn(serve_udp(socket, zone.clone(), Arc::clone(&seed)));
+        udp_loops.spawn(serve_udp(
+            socket,
+            zone.clone(),
+            Arc::clone(&seed),
+            upstreams.clone(),
+        ));
     }
     let mut server = Server::new(handler);
     let serve_tcp = !tcp.is_empty();
@@ -106,15 +126,35 @@ pub fn bind_udp(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net:
     Ok(sockets)
 }
 
+/// Binds a TCP listener to `addr`, IPv6-only for an IPv6 address as [`bind_udp`]'s sockets (so
+/// that `0.0.0.0:53` and `[::]:53` can both be bound), non-blocking, ready for
+/// `tokio::net::TcpListener::from_std`.
+pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
 /// Answers the queries that arrive on `socket`, a batch at a time: each is answered without
-/// waiting, so a task per query would only add work.
+/// waiting, so a task per query would only add work. A query to forward (a name outside the
+/// zone, with `upstreams`) is the exception: it gets a task that sends the answer itself.
 async fn serve_udp(
     socket: UdpSocket,
     zone: watch::Receiver<Arc<Zone>>,
     seed: Arc<AtomicU64>,
+    upstreams: Upstreams,
 ) -> Result<(), ServeError> {
+    let socket = Arc::new(socket);
     let mut batch = Box::new(Batch::new());
+    let mut forwards = JoinSet::new();
     loop {
+        while forwards.try_join_next().is_some() {}
         socket.readable().await.map_err(ServeError::Udp)?;
         match socket.try_io(Interest::READABLE, || batch.receive(&socket)) {
             Ok(_) => {}
@@ -123,13 +163,32 @@ async fn serve_udp(
         }
         let zone = Arc::clone(&zone.borrow());
         let seed = seed.fetch_add(BATCH as u64, Ordering::Relaxed);
+        let mut to_forward = Vec::new();
         let answers: Vec<(usize, Vec<u8>)> = batch
             .queries()
             .filter_map(|(i, query)| {
                 let answer = zone.respond(query, Transport::Udp, seed.wrapping_add(i as u64))?;
+                if !upstreams.is_empty()
+                    && refused(&answer)
+                    && zone.is_outside(query)
+                    && let Some(source) = batch.source(i)
+                {
+                    to_forward.push((query.to_vec(), source));
+                    return None;
+                }
                 Some((i, answer))
             })
             .collect();
+        for (query, source) in to_forward {
+            let (socket, upstreams) = (Arc::clone(&socket), upstreams.clone());
+            forwards.spawn(async move {
+                if let Some(answer) = upstreams.forward(&query, Transport::Udp).await
+                    && let Err(error) = socket.send_to(&answer, source).await
+                {
+                    tracing::debug!(%error, %source, "sending a forwarded answer failed, ignoring");
+                }
+            });
+        }
         for (i, answer) in answers {
             batch.answer(i, answer);
         }
@@ -147,6 +206,11 @@ async fn serve_udp(
             }
         }
     }
+}
+
+/// Whether the response `answer` says REFUSED.
+fn refused(answer: &[u8]) -> bool {
+    answer.get(3).is_some_and(|flags| flags & 0x0f == 5)
 }
 
 /// Errors a UDP socket reports for one peer (an ICMP error from an earlier send, for instance)
@@ -169,16 +233,18 @@ struct ZoneHandler {
     zone: watch::Receiver<Arc<Zone>>,
     /// Per-query shuffle seed: a counter started at a time-derived value.
     seed: Arc<AtomicU64>,
+    upstreams: Upstreams,
 }
 
 impl ZoneHandler {
-    fn new(zone: watch::Receiver<Arc<Zone>>) -> Self {
+    fn new(zone: watch::Receiver<Arc<Zone>>, upstreams: Upstreams) -> Self {
         let start = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         Self {
             zone,
             seed: Arc::new(AtomicU64::new(start)),
+            upstreams,
         }
     }
 }
@@ -191,6 +257,55 @@ impl RequestHandler for ZoneHandler {
         mut response_handle: R,
     ) -> ResponseInfo {
         let zone = Arc::clone(&self.zone.borrow());
+        if !self.upstreams.is_empty()
+            && is_outside(&zone, request)
+            && let Some(answer) = self
+                .upstreams
+                .forward(request.as_slice(), Transport::Tcp)
+                .await
+            && let Ok(message) = Message::from_vec(&answer)
+        {
+            let response = MessageResponseBuilder::new(&request.queries, message.edns.as_ref())
+                .build(
+                    message.metadata,
+                    message.answers.iter(),
+                    message.authorities.iter(),
+                    std::iter::empty::<&Record>(),
+                    message.additionals.iter(),
+                );
+            return match response_handle.send_response(response).await {
+                Ok(info) => info,
+                Err(error) => {
+                    tracing::debug!(%error, src = %request.src(), "sending a forwarded dns response failed, ignoring");
+                    ResponseInfo::from(Header {
+                        metadata: message.metadata,
+                        counts: HeaderCounts::default(),
+                    })
+                }
+            };
+        }
+        // A question compressed into the header cannot be echoed (the response's header
+        // differs): FORMERR without the question, as over UDP.
+        if points_into_header(request.queries.as_bytes()) {
+            let Ok(none) = Queries::read(&mut BinDecoder::new(&[]), 0) else {
+                return ResponseInfo::from(Header {
+                    metadata: request.metadata,
+                    counts: HeaderCounts::default(),
+                });
+            };
+            let response = MessageResponseBuilder::new(&none, None)
+                .error_msg(&request.metadata, ResponseCode::FormErr);
+            return match response_handle.send_response(response).await {
+                Ok(info) => info,
+                Err(error) => {
+                    tracing::debug!(%error, src = %request.src(), "sending a dns error failed, ignoring");
+                    ResponseInfo::from(Header {
+                        metadata: request.metadata,
+                        counts: HeaderCounts::default(),
+                    })
+                }
+            };
+        }
         let seed = self.seed.fetch_add(1, Ordering::Relaxed);
         let plan = plan(&zone, request, seed);
         let metadata = plan.metadata;

@@ -533,3 +533,24 @@ fn the_fast_path_answers_as_the_general_path() {
         assert!(fast > 1000, "the fast path answered only {fast} queries");
     }
 }
+
+#[test]
+fn a_question_compressed_into_the_header_gets_formerr_without_its_question() {
+    // Found by fuzz/ (dns_query): hickory echoes the question as received, and a pointer into
+    // the header then points at the response's flags, which do not decode as a name.
+    let zone = zone();
+    let raw = [
+        0x11, 0x11, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 0x02, 0x0c, 0x00, 0x01, 0x00, 0x01,
+    ];
+    let response = zone.respond(&raw, Transport::Udp, 0).unwrap();
+    expect![[r#"
+        status: Form Error (1) flags: RD answer: 0 authority: 0 additional: 0
+    "#]]
+    .assert_eq(&render(&response));
+    assert_eq!(&response[..2], &raw[..2]);
+    assert!(Message::from_vec(&response).is_ok());
+    // a pointer into an earlier question is fine
+    let two = [3, b'w', b'e', b'b', 0, 0, 1, 0, 1, 0xc0, 12, 0, 1, 0, 1];
+    assert!(!crate::message::points_into_header(&two));
+    assert!(crate::message::points_into_header(&raw[12..]));
+}

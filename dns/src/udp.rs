@@ -44,6 +44,32 @@ impl Batch {
         (0..self.received).map(|i| (i, &self.queries[i][..self.lengths[i]]))
     }
 
+    /// The source address of query `index`.
+    pub(crate) fn source(&self, index: usize) -> Option<std::net::SocketAddr> {
+        use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+        let storage = &self.sources[index];
+        match libc::c_int::from(storage.ss_family) {
+            libc::AF_INET => {
+                // SAFETY: the kernel wrote a sockaddr_in where the family says AF_INET, and
+                // sockaddr_storage is large and aligned enough for it.
+                let addr = unsafe { &*(&raw const *storage).cast::<libc::sockaddr_in>() };
+                let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
+                Some(SocketAddr::from((ip, u16::from_be(addr.sin_port))))
+            }
+            libc::AF_INET6 => {
+                // SAFETY: as above, a sockaddr_in6 for AF_INET6.
+                let addr = unsafe { &*(&raw const *storage).cast::<libc::sockaddr_in6>() };
+                Some(SocketAddr::V6(SocketAddrV6::new(
+                    Ipv6Addr::from(addr.sin6_addr.s6_addr),
+                    u16::from_be(addr.sin6_port),
+                    addr.sin6_flowinfo,
+                    addr.sin6_scope_id,
+                )))
+            }
+            _ => None,
+        }
+    }
+
     /// Queues `answer` to the source of query `index`.
     pub(crate) fn answer(&mut self, index: usize, answer: Vec<u8>) {
         self.answers.push((index, answer));

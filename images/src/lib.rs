@@ -64,6 +64,8 @@ pub use auth::{AuthError, Credentials};
 pub use digest::{Digest, DigestError};
 pub use manifest::ImageConfig;
 pub use platform::Platform;
-pub use pull::{LayerState, Progress, ProgressFn, PullError, PullOptions, Puller};
+pub use pull::{
+    LayerState, Progress, ProgressFn, PullError, PullOptions, Puller, normalize_reference,
+};
 pub use store::{GcReport, Image, Store, StoreError};
 pub use unpack::UnpackError;

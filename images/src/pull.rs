@@ -625,8 +625,9 @@ impl Puller {
     }
 }
 
-/// `busybox` -> `docker.io/library/busybox:latest`; `None` if it is not a reference.
-pub(crate) fn normalize_reference(name: &str) -> Option<String> {
+/// The normalized form of an image reference (`busybox` -> `docker.io/library/busybox:latest`),
+/// as the store's index keys it; `None` when `name` is not a reference.
+pub fn normalize_reference(name: &str) -> Option<String> {
     name.parse::<Reference>().ok().map(|r| r.whole())
 }
 

@@ -21,15 +21,14 @@
 //! - [`scheduler`]: [`scheduler::plan`], a pure function of the state that the leader runs
 //!   after a unit or machine change; it returns the `Assign`/`Unassign` commands to propose
 //!   and the units no machine can take, with the reason (also written to the state, so that
-//!   every machine can show it).
+//!   every machine can show it). The leader proposes a plan as one [`units::Change::Plan`]:
+//!   applied all or nothing, and refused unless the state's placement revision
+//!   ([`units::Units::revision`]) is still the one the plan was made from, so a deposed
+//!   leader's plan, or a plan overtaken by a machine loss, never lands.
 //!
 //! # Current limitations
 //!
 //! - See [`kv`] for where the key space knowingly differs from etcd.
-//! - A plan is computed against one state and proposed as separate commands: a command
-//!   committed in between can make it stale. Applying a stale `Assign` is harmless (the next
-//!   plan corrects it), but two leaders' plans could briefly assign a unit twice; the agent
-//!   should plan only as leader and re-plan after applying.
 //! - Placement is greedy and sticky (fleet's): it never rebalances, and it does not search
 //!   for a packing that would fit a unit that greedy placement could not.
 //! - `MemoryMax=` and `CPUQuota=` are read from `[Service]` only, and a unit without them
@@ -119,7 +118,15 @@ impl State {
         match cmd {
             Command::Kv(w) => Response::Kv(self.kv.apply(w)),
             Command::Expire { now_ms } => Response::Expired(self.kv.expire(*now_ms)),
-            Command::Machine(c) => Response::Machine(self.machines.apply(c)),
+            Command::Machine(c) => {
+                let changed = self.machines.apply(c);
+                if changed {
+                    // Every machine change can change a plan (see `units::Units::revision`).
+                    self.units.revision += 1;
+                    self.units.inputs += 1;
+                }
+                Response::Machine(changed)
+            }
             Command::Unit(c) => Response::Unit(self.units.apply(c, &self.machines)),
         }
     }

@@ -11,7 +11,13 @@
 //! removes the unit, its assignments and its reported states.
 //!
 //! Assignments are written only by the scheduler's plan ([`crate::scheduler::plan`]), which
-//! the leader proposes; this module only checks that the unit and machine exist.
+//! the leader proposes as one [`Change::Plan`], fenced by [`Units::revision`]; this module
+//! checks that the units and machines exist and that the plan is not stale.
+//!
+//! A rolling restart ([`Change::RollingRestart`], flotctl's `restart`) is state, not a loop
+//! in some agent: applying a machine's report that the current step's unit is active again
+//! with a new main PID asks the next step's restart, so one restart at a time holds across
+//! leader changes and client disconnects.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -315,6 +321,18 @@ pub struct Reported {
     pub restart_generation: u64,
 }
 
+/// A rolling restart in progress: its steps, one unit on one machine each, done one at a time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rolling {
+    /// The steps not finished yet, in order; the first is under way.
+    pub steps: Vec<(String, String)>,
+    /// The restart generation asked of the first step's unit on its machine.
+    pub generation: u64,
+    /// The main PID that step's unit reported before its restart was asked (0: none): the
+    /// step is over when a different one is reported active.
+    pub from_pid: u32,
+}
+
 /// A change to the unit registry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Change {
@@ -380,6 +398,14 @@ pub enum Change {
         /// The state, or `None` to forget it.
         state: Option<Reported>,
     },
+    /// Several [`Change::ReportState`]s of one machine in one command: what a reconcile pass
+    /// found changed, committed in one Raft entry instead of one commit per unit.
+    ReportStates {
+        /// The reporting machine.
+        machine: String,
+        /// Per unit, its state, or `None` to forget it.
+        states: Vec<(String, Option<Reported>)>,
+    },
     /// Why the scheduler cannot place the unit (proposed by the leader's scheduler when the
     /// reason changes), so every machine can show it; `None`: it is placed now.
     SetUnschedulable {
@@ -387,6 +413,26 @@ pub enum Change {
         name: String,
         /// The reason, as [`crate::scheduler::Plan::unschedulable`] gives it.
         reason: Option<String>,
+    },
+    /// Restart a launched unit on every machine it runs on, one machine at a time; for a
+    /// template, every launched instance of it, one instance on one machine at a time. The
+    /// state machine asks each step's restart (as [`Change::Restart`]) when the previous one
+    /// is reported active again with a new main PID, so the rollout goes on across leader
+    /// changes and needs nobody to drive it. A step whose unit is reported `failed` after its
+    /// restart ends the rollout there.
+    RollingRestart {
+        /// The unit (or template) name.
+        name: String,
+    },
+    /// A scheduler's plan, applied atomically: only `Assign`, `Unassign` and
+    /// `SetUnschedulable` changes, all or none, and only if [`Units::revision`] is still
+    /// `base` (nothing a plan depends on was committed since it was made, in particular no
+    /// other leader's plan).
+    Plan {
+        /// [`Units::revision`] of the state the plan was made from.
+        base: u64,
+        /// The plan's changes, in order.
+        changes: Vec<Change>,
     },
 }
 
@@ -448,6 +494,24 @@ pub enum Error {
         /// The machine name.
         machine: String,
     },
+    /// A rolling restart of a unit that is not launched.
+    #[error("unit '{0}' is not started: start it instead of restarting it")]
+    NotLaunched(String),
+    /// A rolling restart of a unit (or template) that runs on no machine.
+    #[error("unit '{0}' runs on no machine yet: nothing to restart")]
+    NotPlaced(String),
+    /// A plan made from a state that changed since (another plan, a machine or unit change).
+    #[error("the scheduler's plan is stale: made at revision {base}, the state is at {current}")]
+    StalePlan {
+        /// The revision the plan was made from.
+        base: u64,
+        /// The revision of the state now.
+        current: u64,
+    },
+    /// A plan that carries a change other than Assign, Unassign or SetUnschedulable, or
+    /// assigns a unit or machine that does not exist.
+    #[error("the scheduler's plan is invalid: {0}")]
+    BadPlan(String),
 }
 
 /// The unit registry.
@@ -462,6 +526,19 @@ pub struct Units {
     pub reported: BTreeMap<String, BTreeMap<String, Reported>>,
     /// Units the scheduler cannot place (wholly, or a global unit on some machines), with why.
     pub unschedulable: BTreeMap<String, String>,
+    /// Rolling restarts under way, by the name they were asked for (a unit or a template).
+    pub rolling: BTreeMap<String, Rolling>,
+    /// The placement revision: counts the committed changes a plan depends on (assignments
+    /// and unschedulable reasons, a unit destroyed, replaced or made inactive, any change to
+    /// the machines). A [`Change::Plan`] is applied only at the revision it was made from.
+    /// Submitting or starting units does not count: a plan made before them is still right
+    /// for the units it covers, and the next plan places the new ones.
+    pub revision: u64,
+    /// Counts every committed change a plan reads: the placement revision's changes and
+    /// also submits and desired states, and any machine change (not the machines' reports
+    /// nor restarts). The leader plans again only when it moved, so the stream of reports
+    /// of a busy cluster does not cost a plan each.
+    pub inputs: u64,
 }
 
 /// A unit file that passed verification.
@@ -491,6 +568,58 @@ impl Units {
     /// Applies a change: `Ok(true)` if the registry changed, `Ok(false)` if it already was
     /// so, or why the change is refused (the registry is then unchanged).
     pub fn apply(&mut self, change: &Change, machines: &Machines) -> Result<bool, Error> {
+        let leaving = match change {
+            Change::SetDesired { name, desired } => {
+                *desired == Desired::Inactive && self.is_scheduled(name)
+            }
+            Change::Transition {
+                name,
+                transition: Transition::Unload,
+            } => self.is_scheduled(name),
+            _ => false,
+        };
+        let changed = self.apply_change(change, machines)?;
+        if changed {
+            let counts = match change {
+                Change::Submit { replace, .. } => *replace,
+                Change::SetDesired { .. } | Change::Transition { .. } => leaving,
+                Change::Destroy { .. }
+                | Change::Assign { .. }
+                | Change::Unassign { .. }
+                | Change::SetUnschedulable { .. }
+                | Change::Plan { .. } => true,
+                Change::Restart { .. } | Change::RollingRestart { .. } => false,
+                Change::ReportState { .. } | Change::ReportStates { .. } => false,
+            };
+            if counts {
+                self.revision += 1;
+            }
+            if !matches!(
+                change,
+                Change::ReportState { .. }
+                    | Change::ReportStates { .. }
+                    | Change::Restart { .. }
+                    | Change::RollingRestart { .. }
+            ) {
+                self.inputs += 1;
+            }
+            if !matches!(
+                change,
+                Change::Submit { .. } | Change::RollingRestart { .. }
+            ) {
+                self.advance_rollouts();
+            }
+        }
+        Ok(changed)
+    }
+
+    fn is_scheduled(&self, name: &str) -> bool {
+        self.by_name
+            .get(name)
+            .is_some_and(|u| u.desired.is_scheduled())
+    }
+
+    fn apply_change(&mut self, change: &Change, machines: &Machines) -> Result<bool, Error> {
         match change {
             Change::Submit {
                 name,
@@ -508,6 +637,7 @@ impl Units {
                 self.assignments.remove(name);
                 self.reported.remove(name);
                 self.unschedulable.remove(name);
+                self.rolling.remove(name);
                 Ok(true)
             }
             Change::Assign { name, machine } => {
@@ -556,6 +686,13 @@ impl Units {
                 name,
                 state,
             } => Ok(self.report(machine, name, state.as_ref())),
+            Change::ReportStates { machine, states } => {
+                let mut changed = false;
+                for (name, state) in states {
+                    changed |= self.report(machine, name, state.as_ref());
+                }
+                Ok(changed)
+            }
             Change::SetUnschedulable { name, reason } => Ok(match reason {
                 Some(reason) if self.by_name.contains_key(name) => {
                     self.unschedulable.insert(name.clone(), reason.clone()) != Some(reason.clone())
@@ -563,7 +700,165 @@ impl Units {
                 Some(_) => false,
                 None => self.unschedulable.remove(name).is_some(),
             }),
+            Change::RollingRestart { name } => self.rolling_restart_start(name),
+            Change::Plan { base, changes } => self.apply_plan(*base, changes, machines),
         }
+    }
+
+    fn apply_plan(
+        &mut self,
+        base: u64,
+        changes: &[Change],
+        machines: &Machines,
+    ) -> Result<bool, Error> {
+        if base != self.revision {
+            return Err(Error::StalePlan {
+                base,
+                current: self.revision,
+            });
+        }
+        // All or none: everything that could refuse is checked before anything changes.
+        for c in changes {
+            match c {
+                Change::Assign { name, machine } => {
+                    let Some(unit) = self.by_name.get(name) else {
+                        return Err(Error::BadPlan(format!("unit '{name}' does not exist")));
+                    };
+                    if unit.is_template() {
+                        return Err(Error::BadPlan(format!("unit '{name}' is a template")));
+                    }
+                    if !machines.by_name.contains_key(machine) {
+                        return Err(Error::BadPlan(format!(
+                            "machine '{machine}' is not a member of the cluster"
+                        )));
+                    }
+                }
+                Change::Unassign { .. } | Change::SetUnschedulable { .. } => {}
+                other => {
+                    return Err(Error::BadPlan(format!(
+                        "a plan cannot carry {}",
+                        other.verb()
+                    )));
+                }
+            }
+        }
+        let mut changed = false;
+        for c in changes {
+            changed |= self.apply_change(c, machines)?;
+        }
+        Ok(changed)
+    }
+
+    /// Starts a rolling restart of `name` (a unit, or every launched instance of a template).
+    fn rolling_restart_start(&mut self, name: &str) -> Result<bool, Error> {
+        let unit = self
+            .by_name
+            .get(name)
+            .ok_or_else(|| Error::NotFound(name.to_owned()))?;
+        if self.rolling.contains_key(name) {
+            return Ok(false);
+        }
+        let units: Vec<&UnitRecord> = if unit.is_template() {
+            self.by_name
+                .values()
+                .filter(|u| {
+                    u.desired == Desired::Launched && template_of(&u.name).is_ok_and(|t| t == name)
+                })
+                .collect()
+        } else if unit.desired != Desired::Launched {
+            return Err(Error::NotLaunched(name.to_owned()));
+        } else {
+            vec![unit]
+        };
+        let steps: Vec<(String, String)> = units
+            .iter()
+            .flat_map(|u| {
+                self.assignments
+                    .get(&u.name)
+                    .into_iter()
+                    .flatten()
+                    .map(|m| (u.name.clone(), m.clone()))
+            })
+            .collect();
+        if steps.is_empty() {
+            return Err(Error::NotPlaced(name.to_owned()));
+        }
+        self.rolling.insert(
+            name.to_owned(),
+            Rolling {
+                steps,
+                generation: 0,
+                from_pid: 0,
+            },
+        );
+        self.advance_rollouts();
+        Ok(true)
+    }
+
+    /// Moves every rolling restart on: asks the first step's restart, or ends that step when
+    /// it is over (or can no longer happen) and asks the next.
+    fn advance_rollouts(&mut self) {
+        if self.rolling.is_empty() {
+            return;
+        }
+        let names: Vec<String> = self.rolling.keys().cloned().collect();
+        for key in names {
+            while let Some(roll) = self.rolling.get(&key) {
+                let Some((unit, machine)) = roll.steps.first().cloned() else {
+                    self.rolling.remove(&key);
+                    break;
+                };
+                let runs = self
+                    .by_name
+                    .get(&unit)
+                    .is_some_and(|u| u.desired == Desired::Launched)
+                    && self.is_assigned(&unit, &machine);
+                if !runs {
+                    self.next_step(&key);
+                    continue;
+                }
+                if roll.generation == 0 {
+                    let from_pid = self.reported_on(&unit, &machine).map_or(0, |r| r.main_pid);
+                    let rec = self.by_name.get_mut(&unit).expect("checked above");
+                    let generation = rec.restarts.entry(machine.clone()).or_default();
+                    *generation += 1;
+                    let generation = *generation;
+                    let roll = self.rolling.get_mut(&key).expect("checked above");
+                    roll.generation = generation;
+                    roll.from_pid = from_pid;
+                    break;
+                }
+                let (generation, from_pid) = (roll.generation, roll.from_pid);
+                let Some(r) = self.reported_on(&unit, &machine) else {
+                    break;
+                };
+                if r.restart_generation < generation {
+                    break;
+                }
+                if r.active == "failed" {
+                    // A restart that failed ends the rollout: the next machines keep running.
+                    self.rolling.remove(&key);
+                    break;
+                }
+                if r.active == "active" && (from_pid == 0 || r.main_pid != from_pid) {
+                    self.next_step(&key);
+                    continue;
+                }
+                break;
+            }
+        }
+    }
+
+    fn next_step(&mut self, key: &str) {
+        if let Some(roll) = self.rolling.get_mut(key) {
+            roll.steps.remove(0);
+            roll.generation = 0;
+            roll.from_pid = 0;
+        }
+    }
+
+    fn reported_on(&self, name: &str, machine: &str) -> Option<&Reported> {
+        self.reported.get(name).and_then(|m| m.get(machine))
     }
 
     fn submit(&mut self, name: &str, text: Option<&str>, replace: bool) -> Result<bool, Error> {
@@ -706,9 +1001,8 @@ impl Units {
             .filter_map(|(name, _)| self.by_name.get(name))
     }
 
-    /// The order of a rolling restart of `name`: the machines it is assigned to, by name.
-    /// The agent proposes [`Change::Restart`] for the first, waits until
-    /// [`Units::restart_done`] for it, then goes on with the next.
+    /// The order of a rolling restart of `name`: the machines it is assigned to, by name
+    /// ([`Change::RollingRestart`] follows it and moves on by itself).
     pub fn rolling_restart(&self, name: &str) -> Result<Vec<String>, Error> {
         let unit = self
             .by_name
@@ -735,6 +1029,26 @@ impl Units {
             .get(name)
             .and_then(|m| m.get(machine))
             .is_some_and(|r| r.restart_generation >= wanted && r.active == "active")
+    }
+}
+
+impl Change {
+    /// The change's name, for messages.
+    fn verb(&self) -> &'static str {
+        match self {
+            Change::Submit { .. } => "Submit",
+            Change::SetDesired { .. } => "SetDesired",
+            Change::Transition { .. } => "Transition",
+            Change::Destroy { .. } => "Destroy",
+            Change::Assign { .. } => "Assign",
+            Change::Unassign { .. } => "Unassign",
+            Change::Restart { .. } => "Restart",
+            Change::ReportState { .. } => "ReportState",
+            Change::ReportStates { .. } => "ReportStates",
+            Change::SetUnschedulable { .. } => "SetUnschedulable",
+            Change::RollingRestart { .. } => "RollingRestart",
+            Change::Plan { .. } => "Plan",
+        }
     }
 }
 

@@ -88,11 +88,12 @@ fn add_unit(state: &mut State, name: &str, body: &str) {
     );
 }
 
-/// Plans, applies the plan, and checks that planning again changes nothing.
+/// Plans, applies the plan (as the leader proposes it: one atomic, fenced command), and
+/// checks that planning again changes nothing.
 fn settle(state: &mut State, config: &SchedulerConfig) -> Plan {
     let p = plan(state, config);
-    for cmd in &p.commands {
-        apply(state, cmd.clone());
+    if let Some(cmd) = p.command() {
+        apply(state, cmd);
     }
     let again = plan(state, config);
     assert_eq!(again.commands, [], "a second plan is empty");
@@ -732,9 +733,16 @@ proptest! {
         let (mut state, config) = build(&s);
         let first = plan(&state, &config);
         prop_assert_eq!(&first, &plan(&state.clone(), &config));
+        // The commands one by one and the plan as one command leave the same state.
+        let mut one_by_one = state.clone();
         for cmd in &first.commands {
-            apply(&mut state, cmd.clone());
+            apply(&mut one_by_one, cmd.clone());
         }
+        if let Some(cmd) = first.command() {
+            apply(&mut state, cmd);
+        }
+        prop_assert_eq!(&one_by_one.units.assignments, &state.units.assignments);
+        prop_assert_eq!(&one_by_one.units.unschedulable, &state.units.unschedulable);
         let second = plan(&state, &config);
         prop_assert_eq!(second.commands, vec![]);
         check_invariants(&state);
@@ -796,4 +804,170 @@ fn losing_a_machine_with_room_elsewhere_moves_everything() {
         "one unassign and one assign per unit"
     );
     assert_eq!(state.units.assignments.len(), 40);
+}
+
+/// The refusal a command met, if any.
+fn refusal(state: &mut State, cmd: &Command) -> Option<String> {
+    match state.apply(cmd) {
+        Response::Unit(Err(e)) => Some(e.to_string()),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_plan_applies_only_at_the_revision_it_was_made_from() {
+    let mut state = State::default();
+    let config = SchedulerConfig::default();
+    for n in ["n1", "n2", "n3"] {
+        add_machine(&mut state, n, "", None);
+    }
+    for u in ["a", "b", "c"] {
+        add_unit(&mut state, &format!("{u}.service"), "");
+    }
+    // Two leaders plan from the same state (or one leader, deposed, and its successor).
+    let old_leader = plan(&state, &config);
+    let new_leader = plan(&state, &config);
+    assert_eq!(old_leader.base, state.units.revision);
+    apply(
+        &mut state,
+        new_leader.command().expect("something to place"),
+    );
+    let settled = state.clone();
+    let refused = refusal(&mut state, &old_leader.command().unwrap());
+    assert_eq!(
+        refused.as_deref(),
+        Some(
+            format!(
+                "the scheduler's plan is stale: made at revision {}, the state is at {}",
+                old_leader.base, settled.units.revision
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(state, settled, "a refused plan changes nothing");
+
+    // A machine lost after planning fences the plan out: it would still use that machine.
+    add_unit(&mut state, "d.service", "");
+    let before_loss = plan(&state, &config);
+    assert!(state.units.assigned_to("n1").count() > 0);
+    apply(
+        &mut state,
+        Command::Machine(MachineChange::Lost {
+            name: "n1".into(),
+            now_ms: NOW,
+        }),
+    );
+    assert!(refusal(&mut state, &before_loss.command().unwrap()).is_some());
+    // A heartbeat that changes nothing does not: only committed changes count.
+    let p = plan(&state, &config);
+    add_machine(&mut state, "n2", "", None);
+    // Units submitted and started after the plan do not make it stale: it is still right
+    // for the units it covers, and the next plan places the new one.
+    add_unit(&mut state, "e.service", "");
+    apply(&mut state, p.command().unwrap());
+    assert_eq!(state.units.assigned_to("n1").count(), 0);
+    assert!(!state.units.assignments.contains_key("e.service"));
+    settle(&mut state, &config);
+    assert!(state.units.assignments.contains_key("e.service"));
+    check_invariants(&state);
+
+    // Destroying or stopping a unit does (its place may be what a plan counted on).
+    add_unit(&mut state, "f.service", "");
+    let p = plan(&state, &config);
+    apply(
+        &mut state,
+        Command::Unit(Change::SetDesired {
+            name: "f.service".into(),
+            desired: Desired::Inactive,
+        }),
+    );
+    assert!(refusal(&mut state, &p.command().unwrap()).is_some());
+    settle(&mut state, &config);
+    assert!(!state.units.assignments.contains_key("f.service"));
+}
+
+#[test]
+fn a_plan_is_applied_whole_or_not_at_all() {
+    let mut state = State::default();
+    add_machine(&mut state, "n1", "", None);
+    add_unit(&mut state, "a.service", "");
+    let base = state.units.revision;
+    let before = state.clone();
+    let assign = |name: &str, machine: &str| Change::Assign {
+        name: name.into(),
+        machine: machine.into(),
+    };
+    for (changes, why) in [
+        (
+            vec![assign("a.service", "n1"), assign("ghost.service", "n1")],
+            "the scheduler's plan is invalid: unit 'ghost.service' does not exist",
+        ),
+        (
+            vec![assign("a.service", "n1"), assign("a.service", "n9")],
+            "the scheduler's plan is invalid: machine 'n9' is not a member of the cluster",
+        ),
+        (
+            vec![
+                assign("a.service", "n1"),
+                Change::Destroy {
+                    name: "a.service".into(),
+                },
+            ],
+            "the scheduler's plan is invalid: a plan cannot carry Destroy",
+        ),
+    ] {
+        let cmd = Command::Unit(Change::Plan { base, changes });
+        assert_eq!(refusal(&mut state, &cmd).as_deref(), Some(why));
+        assert_eq!(state, before, "nothing of a refused plan is applied");
+    }
+    let cmd = Command::Unit(Change::Plan {
+        base,
+        changes: vec![assign("a.service", "n1")],
+    });
+    assert_eq!(state.apply(&cmd), Response::Unit(Ok(true)));
+    assert_eq!(state.units.revision, base + 1);
+    assert!(state.units.is_assigned("a.service", "n1"));
+}
+
+#[test]
+fn only_what_a_plan_reads_asks_for_a_new_plan() {
+    use flotilla_state::scheduler::needs_plan;
+    use flotilla_state::units::Reported;
+    let mut state = State::default();
+    let config = SchedulerConfig::default();
+    assert!(needs_plan(&state, None), "never planned");
+    add_machine(&mut state, "n1", "", None);
+    add_unit(&mut state, "a.service", "");
+    settle(&mut state, &config);
+    let last = Some(state.units.inputs);
+    assert!(!needs_plan(&state, last));
+    // A report, a restart and a rolling restart change nothing a plan reads.
+    apply(
+        &mut state,
+        Command::Unit(Change::ReportState {
+            machine: "n1".into(),
+            name: "a.service".into(),
+            state: Some(Reported {
+                active: "active".into(),
+                main_pid: 7,
+                ..Reported::default()
+            }),
+        }),
+    );
+    apply(
+        &mut state,
+        Command::Unit(Change::RollingRestart {
+            name: "a.service".into(),
+        }),
+    );
+    assert_eq!(state.units.by_name["a.service"].restarts["n1"], 1);
+    assert!(!needs_plan(&state, last));
+    assert_eq!(plan(&state, &config).commands, []);
+    // A new unit does, and so does a machine change.
+    add_unit(&mut state, "b.service", "");
+    assert!(needs_plan(&state, last));
+    settle(&mut state, &config);
+    let last = Some(state.units.inputs);
+    add_machine(&mut state, "n2", "", Some((1024, 2)));
+    assert!(needs_plan(&state, last));
 }

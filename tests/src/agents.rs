@@ -19,6 +19,13 @@
 //! The cluster owns its processes: [`Cluster::kill`] sends SIGKILL to one and reaps it,
 //! [`Cluster::restart`] starts it again on the same data, and [`Drop`] kills and reaps all and
 //! removes the directory. Each agent is started with `PR_SET_PDEATHSIG` so it dies with the test.
+//!
+//! # Security
+//!
+//! [`Cluster::start_secure`] starts the agents with peer mutual TLS and/or an HTTPS client API
+//! ([`Security`]): each agent's certificate is issued by the real `flotctl ca issue` into the
+//! CA directory the test made with `flotctl ca init`. The harness's own checks then go through
+//! `curl` with the CA, and with the token or client certificate the test gave.
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -68,10 +75,25 @@ pub enum AgentsError {
     NoAddresses(usize),
 }
 
+/// How the agents of a cluster are secured (see [`Cluster::start_secure`]).
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// `[cluster] tls_*`: certificates from this `flotctl ca` directory.
+    pub peer_ca: Option<PathBuf>,
+    /// `[api] tls_*`: certificates from this `flotctl ca` directory.
+    pub api_ca: Option<PathBuf>,
+    /// More `[api]` lines for every agent (`[[api.users]]` tables go last).
+    pub api_extra: String,
+    /// The token the harness's checks send; without one they present the client certificate
+    /// `harness` of `api_ca` (issued on first use).
+    pub token: Option<String>,
+}
+
 /// One agent process.
 pub struct Agent {
     name: String,
     ip: Ipv4Addr,
+    scheme: &'static str,
     config: PathBuf,
     log: PathBuf,
     data: PathBuf,
@@ -84,9 +106,14 @@ impl Agent {
         &self.name
     }
 
-    /// `http://127.A.B.C:2379`.
+    /// `http://127.A.B.C:2379` (`https://` with an HTTPS client API).
     pub fn client_url(&self) -> String {
-        format!("http://{}:2379", self.ip)
+        format!("{}://{}:2379", self.scheme, self.ip)
+    }
+
+    /// `127.A.B.C`.
+    pub fn ip(&self) -> Ipv4Addr {
+        self.ip
     }
 
     /// `127.A.B.C:2380`.
@@ -118,6 +145,7 @@ pub struct Cluster {
     prefix: (u8, u8),
     /// Extra `[cluster]` lines for every agent.
     extra: String,
+    security: Security,
 }
 
 impl Cluster {
@@ -129,6 +157,11 @@ impl Cluster {
     /// As [`Cluster::start`], with `extra` added to every agent's `[cluster]` section (e.g.
     /// `snapshot_entries = 50`).
     pub fn start_with(n: usize, extra: &str) -> Result<Cluster, AgentsError> {
+        Cluster::start_secure(n, extra, Security::default())
+    }
+
+    /// As [`Cluster::start_with`], secured as `security` says.
+    pub fn start_secure(n: usize, extra: &str, security: Security) -> Result<Cluster, AgentsError> {
         let binary = binary()?;
         let (cluster_no, (a, b)) = allocate(n + 4)?;
         let dir = std::env::temp_dir().join(format!(
@@ -147,6 +180,7 @@ impl Cluster {
             agents: Vec::new(),
             prefix: (a, b),
             extra: extra.to_string(),
+            security,
         };
         let founders: Vec<String> = (0..n)
             .map(|i| {
@@ -172,16 +206,36 @@ impl Cluster {
     }
 
     fn add_agent(&mut self, cluster_line: &str) -> Result<usize, AgentsError> {
+        let peer_ca = self.security.peer_ca.clone();
+        self.add_agent_with(cluster_line, peer_ca.as_deref())
+    }
+
+    /// Adds agent `nK` (not started) whose peer certificate comes from `peer_ca`.
+    fn add_agent_with(
+        &mut self,
+        cluster_line: &str,
+        peer_ca: Option<&Path>,
+    ) -> Result<usize, AgentsError> {
         let i = self.agents.len();
         let name = format!("n{}", i + 1);
         let ip = Ipv4Addr::new(127, self.prefix.0, self.prefix.1, 100 + i as u8);
         let data = self.dir.join(&name);
         let config = self.dir.join(format!("{name}.toml"));
+        let mut peer_tls = String::new();
+        if let Some(dir) = peer_ca {
+            peer_tls = tls_lines(dir, &name, ip)?;
+        }
+        let mut api_tls = String::new();
+        if let Some(dir) = &self.security.api_ca {
+            api_tls = tls_lines(dir, &name, ip)?;
+        }
         let text = format!(
             "name = \"{name}\"\ndata_dir = \"{}\"\n[cluster]\nlisten_peer = \"{ip}:2380\"\n{cluster_line}\n\
-             heartbeat_interval = \"200ms\"\nmachine_lost_after = \"3s\"\n{}\n[api]\nlisten = [\"{ip}:2379\"]\n",
+             heartbeat_interval = \"200ms\"\nmachine_lost_after = \"3s\"\n{}\n{peer_tls}[dns]\nlisten = [\"{ip}:53\"]\n\
+             [api]\nlisten = [\"{ip}:2379\"]\n{api_tls}{}\n",
             data.display(),
             self.extra,
+            self.security.api_extra,
         );
         fs::write(&config, text).map_err(|source| AgentsError::Io {
             what: "cannot write",
@@ -192,6 +246,11 @@ impl Cluster {
         self.agents.push(Agent {
             name,
             ip,
+            scheme: if self.security.api_ca.is_some() {
+                "https"
+            } else {
+                "http"
+            },
             config,
             log,
             data,
@@ -289,6 +348,20 @@ impl Cluster {
         Ok(i)
     }
 
+    /// Starts a new agent that asks agent 0 to join it, with a peer certificate from `peer_ca`
+    /// (e.g. another CA's), without waiting for it; returns its index.
+    pub fn spawn_joiner(&mut self, peer_ca: &Path) -> Result<usize, AgentsError> {
+        let via = self
+            .agents
+            .iter()
+            .find(|a| a.child.is_some())
+            .map(Agent::peer_addr)
+            .unwrap_or_default();
+        let i = self.add_agent_with(&format!("join = [\"{via}\"]"), Some(peer_ca))?;
+        self.spawn(i)?;
+        Ok(i)
+    }
+
     /// The index of the agent that currently leads, waiting for one until the deadline.
     pub fn wait_leader(&self) -> Result<usize, AgentsError> {
         wait_for(READY_DEADLINE, "a leader", || {
@@ -297,7 +370,7 @@ impl Cluster {
                 .enumerate()
                 .filter(|(_, a)| a.child.is_some())
                 .find(|(_, a)| {
-                    http_get(a.ip, "/v2/stats/self")
+                    self.probe(a.ip, "/v2/stats/self")
                         .is_some_and(|(code, body)| code == 200 && body.contains("\"StateLeader\""))
                 })
                 .map(|(i, _)| i)
@@ -308,6 +381,7 @@ impl Cluster {
 
     /// Waits until agent `i` answers `/health` with a leader.
     pub fn wait_ready(&mut self, i: usize) -> Result<(), AgentsError> {
+        let probe = self.prober();
         let agent = &mut self.agents[i];
         // Ok(None): ready; Ok(Some(status)): the agent exited.
         let seen = wait_for(READY_DEADLINE, "/health reporting a leader", || {
@@ -316,7 +390,7 @@ impl Cluster {
             {
                 return Ok(Some(status));
             }
-            match http_get(agent.ip, "/health") {
+            match probe.get(agent.ip, "/health") {
                 Some((200, body)) if body.contains("\"true\"") => Ok(None),
                 _ => Err(None),
             }
@@ -336,12 +410,13 @@ impl Cluster {
         let running = || self.agents.iter().filter(|a| a.child.is_some());
         wait_until(READY_DEADLINE, "every client URL in /v2/members", || {
             running().all(|asker| {
-                http_get(asker.ip, "/v2/members").is_some_and(|(code, body)| {
-                    code == 200
-                        && running().all(|a| {
-                            body.contains(&format!("\"clientURLs\":[\"{}\"]", a.client_url()))
-                        })
-                })
+                self.probe(asker.ip, "/v2/members")
+                    .is_some_and(|(code, body)| {
+                        code == 200
+                            && running().all(|a| {
+                                body.contains(&format!("\"clientURLs\":[\"{}\"]", a.client_url()))
+                            })
+                    })
             })
         })
         .map_err(|_| self.not_ready(0, "not every member announced its client URL".into()))
@@ -360,7 +435,17 @@ impl Cluster {
 
     /// A GET on agent `i`'s client API: `(status, body)`.
     pub fn get(&self, i: usize, path: &str) -> Option<(u16, String)> {
-        http_get(self.agents[i].ip, path)
+        self.probe(self.agents[i].ip, path)
+    }
+
+    fn prober(&self) -> Prober {
+        Prober {
+            security: self.security.clone(),
+        }
+    }
+
+    fn probe(&self, ip: Ipv4Addr, path: &str) -> Option<(u16, String)> {
+        self.prober().get(ip, path)
     }
 }
 
@@ -375,12 +460,93 @@ impl Drop for Cluster {
     }
 }
 
+/// `tls_ca`, `tls_cert`, `tls_key` lines for agent `name` at `ip`, its certificate issued into
+/// `dir` by `flotctl ca issue` unless it is there already.
+fn tls_lines(dir: &Path, name: &str, ip: Ipv4Addr) -> Result<String, AgentsError> {
+    let cert = dir.join(format!("{name}.crt"));
+    if !cert.exists() {
+        flotctl_ca_issue(dir, name, &["--ip", &ip.to_string()])?;
+    }
+    Ok(format!(
+        "tls_ca = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        dir.join("ca.crt").display(),
+        cert.display(),
+        dir.join(format!("{name}.key")).display()
+    ))
+}
+
+/// `flotctl ca issue DIR NAME ARGS...`.
+pub fn flotctl_ca_issue(dir: &Path, name: &str, args: &[&str]) -> Result<(), AgentsError> {
+    let out = Command::new(flotctl()?)
+        .args(["ca", "issue"])
+        .arg(dir)
+        .arg(name)
+        .args(args)
+        .output()
+        .map_err(|e| AgentsError::Binary(format!("cannot run flotctl: {e}")))?;
+    if !out.status.success() {
+        return Err(AgentsError::Binary(format!(
+            "flotctl ca issue {} {name} failed: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(())
+}
+
+/// How the harness's checks reach the client API.
+struct Prober {
+    security: Security,
+}
+
+impl Prober {
+    /// A GET on the agent at `ip`: `(status, body)`.
+    fn get(&self, ip: Ipv4Addr, path: &str) -> Option<(u16, String)> {
+        match &self.security.api_ca {
+            None => http_get(ip, path, self.security.token.as_deref()),
+            Some(dir) => {
+                let mut cmd = Command::new("curl");
+                cmd.args([
+                    "-sS",
+                    "-m",
+                    "5",
+                    "-o",
+                    "-",
+                    "-w",
+                    "\n%{http_code}",
+                    "--cacert",
+                ])
+                .arg(dir.join("ca.crt"));
+                match &self.security.token {
+                    Some(t) => {
+                        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+                    }
+                    None => {
+                        if !dir.join("harness.crt").exists() {
+                            flotctl_ca_issue(dir, "harness", &[]).ok()?;
+                        }
+                        cmd.arg("--cert")
+                            .arg(dir.join("harness.crt"))
+                            .arg("--key")
+                            .arg(dir.join("harness.key"));
+                    }
+                }
+                let out = cmd.arg(format!("https://{ip}:2379{path}")).output().ok()?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                let (body, code) = text.rsplit_once('\n')?;
+                Some((code.trim().parse().ok()?, body.to_string()))
+            }
+        }
+    }
+}
+
 /// A tiny HTTP/1.0 GET (the harness must not depend on the code under test for its checks).
-fn http_get(ip: Ipv4Addr, path: &str) -> Option<(u16, String)> {
+fn http_get(ip: Ipv4Addr, path: &str, token: Option<&str>) -> Option<(u16, String)> {
     let addr = SocketAddr::from((ip, 2379));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").ok()?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {ip}\r\n{auth}\r\n").ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let status = buf.split(' ').nth(1)?.parse().ok()?;
@@ -408,6 +574,39 @@ fn allocate(n: usize) -> Result<(u32, (u8, u8)), AgentsError> {
         }
     }
     Err(AgentsError::NoAddresses(n))
+}
+
+/// The `flotctl` binary: `$FLOTCTL`, or the workspace's, built once per process.
+pub fn flotctl() -> Result<PathBuf, AgentsError> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    if let Some(p) = std::env::var_os("FLOTCTL") {
+        return Ok(PathBuf::from(p));
+    }
+    BUILT
+        .get_or_init(|| {
+            let agent = binary().map_err(|e| e.to_string())?;
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let mut build = Command::new(cargo);
+            build.args(["build", "-p", "flotilla-cli", "--bin", "flotctl"]);
+            if agent.parent().is_some_and(|d| d.ends_with("release")) {
+                build.arg("--release");
+            }
+            let status = build
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .map_err(|e| format!("cannot run cargo build: {e}"))?;
+            if !status.success() {
+                return Err(format!("cargo build -p flotilla-cli failed with {status}"));
+            }
+            let bin = agent.with_file_name("flotctl");
+            if bin.exists() {
+                Ok(bin)
+            } else {
+                Err(format!("{} does not exist after the build", bin.display()))
+            }
+        })
+        .clone()
+        .map_err(AgentsError::Binary)
 }
 
 /// The `flotillad` binary: `$FLOTILLAD`, or the workspace's, built once per process.

@@ -91,29 +91,36 @@ pub struct Registry {
 impl Registry {
     /// Starts a registry with an empty storage and waits (10 s at most) until it answers `/v2/`.
     pub fn start() -> Result<Registry, RegistryError> {
-        Registry::start_with(None, None)
+        Registry::start_with(None, None, None)
+    }
+
+    /// A registry listening on `ip` (a free port), e.g. a testbed's bridge address, which the
+    /// testbed's machines reach over their veth (and this host too).
+    pub fn start_on(ip: Ipv4Addr) -> Result<Registry, RegistryError> {
+        Registry::start_with(None, None, Some(ip))
     }
 
     /// A registry that wants HTTP basic auth: `htpasswd` is an htpasswd line (`user:bcrypt`).
     pub fn start_with_auth(htpasswd: &str) -> Result<Registry, RegistryError> {
-        Registry::start_with(Some(htpasswd), None)
+        Registry::start_with(Some(htpasswd), None, None)
     }
 
     /// A pull-through cache of `upstream` (a registry mirror): it fetches what it lacks from
     /// there and keeps it in its own storage.
     pub fn start_mirror_of(upstream: &Registry) -> Result<Registry, RegistryError> {
-        Registry::start_with(None, Some(upstream))
+        Registry::start_with(None, Some(upstream), None)
     }
 
     fn start_with(
         htpasswd: Option<&str>,
         upstream: Option<&Registry>,
+        on: Option<Ipv4Addr>,
     ) -> Result<Registry, RegistryError> {
         let deadline = Duration::from_secs(10);
         let dir = unique_dir("registry")?;
         // A free port on an address of its own in 127/8 (the pid spreads concurrent runs apart).
         let pid = std::process::id();
-        let ip = Ipv4Addr::new(127, 73, (pid >> 8) as u8, (pid as u8).max(2));
+        let ip = on.unwrap_or(Ipv4Addr::new(127, 73, (pid >> 8) as u8, (pid as u8).max(2)));
         let addr = TcpListener::bind((ip, 0))
             .and_then(|l| l.local_addr())
             .map_err(io_err(&dir))?;

@@ -15,8 +15,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use flotilla_state::machines::Status;
-use flotilla_state::units::{Change, Desired, Units};
-use flotilla_state::{Command, Response as Applied, units};
+use flotilla_state::units;
+use flotilla_state::units::{Desired, Units};
 use serde::Deserialize;
 use serde_json::{Value, json as j};
 
@@ -155,15 +155,12 @@ pub(super) async fn get(State(api): State<Api>, Path(name): Path<String>) -> Res
     }
 }
 
-async fn propose(api: &Api, change: Change) -> Result<bool, Response> {
-    match api.cluster.propose(Command::Unit(change)).await {
-        Ok(Applied::Unit(Ok(changed))) => Ok(changed),
-        Ok(Applied::Unit(Err(e))) => Err(unit_error(&e)),
-        Ok(other) => Err(error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("unexpected response {other:?}"),
-        )),
-        Err(e) => Err(error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())),
+/// fleet's error entity for a failed unit operation.
+fn op_error(e: &crate::units::Error) -> Response {
+    match e {
+        crate::units::Error::Unit(e) => unit_error(e),
+        crate::units::Error::Cluster(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        e => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
 
@@ -193,14 +190,9 @@ pub(super) async fn put(
     let mut created = false;
     match body.options {
         Some(options) if !options.is_empty() => {
-            let submit = Change::Submit {
-                name: name.clone(),
-                text: Some(text_of(&options)),
-                replace: false,
-            };
-            match propose(&api, submit).await {
+            match crate::units::submit(&api.cluster, &name, text_of(&options), false).await {
                 Ok(changed) => created = changed && !exists,
-                Err(r) => return r,
+                Err(e) => return op_error(&e),
             }
         }
         _ if !exists => {
@@ -211,12 +203,8 @@ pub(super) async fn put(
         }
         _ => {}
     }
-    let set = Change::SetDesired {
-        name: name.clone(),
-        desired,
-    };
-    if let Err(r) = propose(&api, set).await {
-        return r;
+    if let Err(e) = crate::units::set_desired(&api.cluster, &name, desired).await {
+        return op_error(&e);
     }
     if created {
         StatusCode::CREATED.into_response()
@@ -227,9 +215,9 @@ pub(super) async fn put(
 
 /// `DELETE /fleet/v1/units/NAME`.
 pub(super) async fn destroy(State(api): State<Api>, Path(name): Path<String>) -> Response {
-    match propose(&api, Change::Destroy { name }).await {
+    match crate::units::destroy(&api.cluster, &name).await {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
-        Err(r) => r,
+        Err(e) => op_error(&e),
     }
 }
 

@@ -11,11 +11,11 @@ use super::{Api, json};
 use crate::cluster::{Error, MemberInfo};
 use crate::raft::{Member, id_hex, node_id};
 
-fn member_json(m: &MemberInfo) -> Value {
+fn member_json(api: &Api, m: &MemberInfo) -> Value {
     j!({
         "id": id_hex(m.id),
         "name": m.member.name,
-        "peerURLs": [format!("http://{}", m.member.peer_addr)],
+        "peerURLs": [api.cluster.peers().url(&m.member.peer_addr)],
         "clientURLs": m.member.client_urls,
         "isLearner": !m.voter,
     })
@@ -34,7 +34,12 @@ fn cluster_error(e: Error) -> Response {
 
 /// `GET /v2/members`.
 pub(super) async fn list(State(api): State<Api>) -> Response {
-    let members: Vec<Value> = api.cluster.members().iter().map(member_json).collect();
+    let members: Vec<Value> = api
+        .cluster
+        .members()
+        .iter()
+        .map(|m| member_json(&api, m))
+        .collect();
     json(
         StatusCode::OK,
         HeaderMap::new(),
@@ -46,7 +51,7 @@ pub(super) async fn list(State(api): State<Api>) -> Response {
 pub(super) async fn leader(State(api): State<Api>) -> Response {
     let leader = api.cluster.leader();
     match api.cluster.members().iter().find(|m| Some(m.id) == leader) {
-        Some(m) => json(StatusCode::OK, HeaderMap::new(), &member_json(m)),
+        Some(m) => json(StatusCode::OK, HeaderMap::new(), &member_json(&api, m)),
         None => message(StatusCode::SERVICE_UNAVAILABLE, "no leader".into()),
     }
 }
@@ -83,11 +88,10 @@ pub(super) async fn add(State(api): State<Api>, body: Bytes) -> Response {
             "exactly one peer URL is required".into(),
         );
     };
-    let peer_addr = peer
-        .strip_prefix("http://")
-        .unwrap_or(peer)
-        .trim_end_matches('/')
-        .to_string();
+    let peer_addr = match crate::raft::network::peer_addr(peer) {
+        Ok(a) => a,
+        Err(e) => return message(StatusCode::BAD_REQUEST, e),
+    };
     let member = Member {
         name,
         peer_addr,
@@ -99,7 +103,11 @@ pub(super) async fn add(State(api): State<Api>, body: Bytes) -> Response {
         voter: false,
     };
     match api.cluster.add_learner(member).await {
-        Ok(()) => json(StatusCode::CREATED, HeaderMap::new(), &member_json(&info)),
+        Ok(()) => json(
+            StatusCode::CREATED,
+            HeaderMap::new(),
+            &member_json(&api, &info),
+        ),
         Err(e) => cluster_error(e),
     }
 }

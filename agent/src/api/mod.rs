@@ -3,6 +3,7 @@
 //! `/flotilla/v1/machines`, flotctl's `/flotilla/v1/units` and fleet's `/fleet/v1/*`.
 
 mod fleet;
+mod images;
 mod keys;
 mod machines;
 mod members;
@@ -10,7 +11,7 @@ mod stats;
 mod units;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -20,10 +21,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
+use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Auth;
 use crate::cluster::Cluster;
 use crate::raft::{id_hex, node_id};
+use crate::tls::{PlainListener, Remote, TlsListener};
 
 /// The etcd server version this API reports (the v2 API of etcd 3.4).
 pub(crate) const ETCD_VERSION: &str = "3.4.30";
@@ -36,6 +40,8 @@ pub(crate) struct Api {
     pub(crate) max_watchers_per_client: usize,
     watchers: Arc<Mutex<HashMap<IpAddr, usize>>>,
     pub(crate) started: SystemTime,
+    /// This machine's image store (`/flotilla/v1/images`); none: those requests are refused.
+    pub(crate) images: Option<crate::images::Images>,
 }
 
 impl Api {
@@ -47,6 +53,7 @@ impl Api {
             max_watchers_per_client,
             watchers: Arc::default(),
             started: SystemTime::now(),
+            images: None,
         }
     }
 
@@ -109,11 +116,14 @@ pub(crate) fn json(status: StatusCode, headers: HeaderMap, body: &serde_json::Va
     (status, headers, text).into_response()
 }
 
-/// Serves the client API on `listener` until `cancel`.
+/// Serves the client API on `listener` until `cancel`: HTTPS with `tls`, and every route
+/// behind `auth` (see `crate::auth`).
 pub(crate) async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
     api: Api,
     max_body_bytes: usize,
+    auth: Arc<Auth>,
     cancel: CancellationToken,
 ) {
     let app = Router::new()
@@ -134,6 +144,18 @@ pub(crate) async fn serve(
         )
         .route("/flotilla/v1/units/{name}/status", get(units::status))
         .route("/flotilla/v1/units/{name}/journal", get(units::journal))
+        .route(
+            "/flotilla/v1/images",
+            get(images::list).delete(images::remove),
+        )
+        .route(
+            "/flotilla/v1/images/pull",
+            axum::routing::post(images::pull),
+        )
+        .route(
+            "/flotilla/v1/images/service",
+            axum::routing::post(images::service),
+        )
         .route("/fleet/v1/units", get(fleet::list))
         .route(
             "/fleet/v1/units/{name}",
@@ -146,11 +168,28 @@ pub(crate) async fn serve(
         .route("/v2/stats/store", get(stats::store))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(api);
-    let service = app.into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, service)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
-    {
+    // Outermost, so it covers every route above and the fallback.
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        auth,
+        crate::auth::layer,
+    ));
+    let service = app.into_make_service_with_connect_info::<Remote>();
+    let served = match tls {
+        Some(tls) => match TlsListener::new(listener, tls, "client API") {
+            Ok(l) => {
+                axum::serve(l, service)
+                    .with_graceful_shutdown(cancel.cancelled_owned())
+                    .await
+            }
+            Err(e) => Err(e),
+        },
+        None => {
+            axum::serve(PlainListener(listener), service)
+                .with_graceful_shutdown(cancel.cancelled_owned())
+                .await
+        }
+    };
+    if let Err(e) = served {
         tracing::error!("client API server failed: {e}");
     }
 }

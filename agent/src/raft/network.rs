@@ -1,5 +1,7 @@
 //! The peer transport's client side: HTTP/1.1 with TCP_NODELAY over a pool of keep-alive
-//! connections to the peer port, postcard bodies. Raft RPCs, forwarded writes, heartbeats and
+//! connections to the peer port, postcard bodies; over mutual TLS when `[cluster] tls_*` is set
+//! (only the cluster CA is trusted, this member's certificate is presented, and a peer's
+//! certificate must name the address it is reached at). Raft RPCs, forwarded writes, heartbeats and
 //! membership requests all travel this way.
 //!
 //! HTTP/1.1 rather than HTTP/2: hyper's HTTP/2 client sends a request body from a task of its
@@ -31,6 +33,7 @@ use serde::de::DeserializeOwned;
 
 use super::log_store::Durable;
 use super::{Member, NodeId, TypeConfig};
+use crate::tls::TlsFiles;
 
 /// How long a held-back commit index waits for the leader's log to be durable.
 const COMMIT_FOLLOW_UP: Duration = Duration::from_secs(5);
@@ -44,13 +47,30 @@ pub(crate) mod path {
     pub(crate) const LEADER: &str = "/cluster/leader";
     /// A liveness heartbeat.
     pub(crate) const HEARTBEAT: &str = "/cluster/heartbeat";
+    /// A unit's status or journal from the machine that runs it
+    /// ([`OutputRequest`](crate::units::OutputRequest)).
+    pub(crate) const UNIT_OUTPUT: &str = "/units/output";
+}
+
+/// The `host:port` of a peer URL (`http://` or `https://` in front is optional); an error
+/// message for anything else.
+pub(crate) fn peer_addr(url: &str) -> Result<String, String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .unwrap_or(url);
+    let addr = rest.trim_end_matches('/');
+    if addr.is_empty() || !addr.contains(':') || addr.contains('/') {
+        return Err(format!("peer URL {url:?} is not http(s)://HOST:PORT"));
+    }
+    Ok(addr.to_string())
 }
 
 /// How one call to a peer failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CallError {
     /// No connection could be made.
-    #[error("peer {addr} is unreachable: {source}")]
+    #[error("peer {addr} is unreachable: {}", chain(source))]
     Unreachable {
         /// The peer.
         addr: String,
@@ -67,26 +87,57 @@ pub(crate) enum CallError {
     },
 }
 
+/// An error and its causes on one line (reqwest puts a refused certificate in the causes).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
 /// The HTTP client every peer call goes through (one pool of keep-alive connections).
 #[derive(Clone)]
 pub(crate) struct Peers {
     http: reqwest::Client,
+    /// `http` or `https`.
+    scheme: &'static str,
 }
 
 impl Peers {
-    /// An HTTP/1.1 client with TCP_NODELAY and TCP keep-alive.
-    pub(crate) fn new() -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
+    /// An HTTP/1.1 client with TCP_NODELAY and TCP keep-alive; mutual TLS with `tls`.
+    pub(crate) fn new(tls: Option<&TlsFiles>) -> Result<Self, crate::tls::Error> {
+        let builder = reqwest::Client::builder()
             .http1_only()
             .tcp_nodelay(true)
             .tcp_keepalive(Duration::from_secs(15))
             .connect_timeout(Duration::from_secs(1))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()?;
-        Ok(Peers { http })
+            .pool_idle_timeout(Duration::from_secs(90));
+        let (builder, scheme) = match tls {
+            Some(files) => (crate::tls::peer_client(builder, files)?, "https"),
+            None => (builder, "http"),
+        };
+        let http = builder
+            .build()
+            .map_err(|source| crate::tls::Error::Client {
+                path: tls.map(|f| f.cert.clone()).unwrap_or_default(),
+                source,
+            })?;
+        Ok(Peers { http, scheme })
     }
 
-    /// POSTs `req` to `http://ADDR/PATH` and decodes the reply.
+    /// The URL of the peer at `addr` (`host:port`), as etcd shows peer URLs.
+    pub(crate) fn url(&self, addr: &str) -> String {
+        format!("{}://{addr}", self.scheme)
+    }
+
+    /// POSTs `req` to `http(s)://ADDR/PATH` and decodes the reply.
     pub(crate) async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         addr: &str,
@@ -102,7 +153,7 @@ impl Peers {
             .map_err(|e| network(format!("cannot encode the request: {e}")))?;
         let resp = self
             .http
-            .post(format!("http://{addr}{path}"))
+            .post(format!("{}://{addr}{path}", self.scheme))
             .timeout(timeout)
             .body(body)
             .send()
@@ -114,11 +165,11 @@ impl Peers {
                         source,
                     }
                 } else {
-                    network(source.to_string())
+                    network(chain(&source))
                 }
             })?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| network(e.to_string()))?;
+        let bytes = resp.bytes().await.map_err(|e| network(chain(&e)))?;
         if !status.is_success() {
             return Err(network(format!(
                 "{status}: {}",
@@ -304,5 +355,15 @@ mod tests {
         let mut rpc = heartbeat(None);
         assert_eq!(hold_back_commit(&mut rpc, Some(id(2, 3))), None);
         assert_eq!(rpc.leader_commit, None);
+    }
+
+    #[test]
+    fn peer_urls_give_their_address() {
+        assert_eq!(peer_addr("http://10.0.0.1:2380").unwrap(), "10.0.0.1:2380");
+        assert_eq!(peer_addr("https://n1:2380/").unwrap(), "n1:2380");
+        assert_eq!(peer_addr("[::1]:2380").unwrap(), "[::1]:2380");
+        for bad in ["", "http://", "http://n1", "https://n1:2380/x"] {
+            assert!(peer_addr(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -334,7 +334,16 @@ fn destroy_leaves_nothing_behind() {
     ] {
         u.apply(&c, &m).unwrap();
     }
-    assert_eq!(u, Units::default());
+    // Only the counters remember the unit was there.
+    assert_eq!(u.revision, 2, "the assignment and the destroy");
+    assert_eq!(
+        u,
+        Units {
+            revision: 2,
+            inputs: 3,
+            ..Units::default()
+        }
+    );
 }
 
 #[test]
@@ -505,4 +514,216 @@ fn rolling_restart_goes_machine_by_machine() {
         u.rolling_restart("nope.service"),
         Err(Error::NotFound(_))
     ));
+}
+
+/// A report of `name` on `machine`: its active state, main PID and restart generation.
+fn reported(name: &str, machine: &str, active: &str, pid: u32, generation: u64) -> Change {
+    Change::ReportState {
+        machine: machine.into(),
+        name: name.into(),
+        state: Some(Reported {
+            load: "loaded".into(),
+            active: active.into(),
+            sub: "running".into(),
+            since_ms: 5,
+            main_pid: pid,
+            result: "success".into(),
+            restart_generation: generation,
+        }),
+    }
+}
+
+/// The restart generation asked of each (unit, machine), in that order.
+fn generations(u: &Units) -> Vec<(String, String, u64)> {
+    u.by_name
+        .values()
+        .flat_map(|r| {
+            r.restarts
+                .iter()
+                .map(|(m, g)| (r.name.clone(), m.clone(), *g))
+        })
+        .collect()
+}
+
+fn three_machines() -> Machines {
+    let mut m = machines();
+    for name in ["n2", "n3"] {
+        let mut other = m.by_name["n1"].clone();
+        other.name = name.into();
+        m.apply(&MachineChange::Up {
+            machine: other,
+            now_ms: 1,
+        });
+    }
+    m
+}
+
+#[test]
+fn a_rolling_restart_asks_one_machine_at_a_time_and_moves_on_by_itself() {
+    let m = three_machines();
+    let mut u = Units::default();
+    let g = "[Service]\nExecStart=/bin/sleep infinity\n[X-Fleet]\nGlobal=true\n";
+    let roll = Change::RollingRestart {
+        name: "g.service".into(),
+    };
+    u.apply(&submit("g.service", Some(g), false), &m).unwrap();
+    assert_eq!(
+        u.apply(&roll, &m),
+        Err(Error::NotLaunched("g.service".into()))
+    );
+    u.apply(&desired("g.service", Desired::Launched), &m)
+        .unwrap();
+    assert_eq!(
+        u.apply(&roll, &m),
+        Err(Error::NotPlaced("g.service".into()))
+    );
+    for n in ["n1", "n2", "n3"] {
+        u.apply(&assign("g.service", n), &m).unwrap();
+        u.apply(&reported("g.service", n, "active", 100, 0), &m)
+            .unwrap();
+    }
+    let revision = u.revision;
+    assert_eq!(u.apply(&roll, &m), Ok(true));
+    assert_eq!(u.apply(&roll, &m), Ok(false), "already under way");
+    assert_eq!(u.revision, revision, "a restart does not fence plans");
+    let g1 = |m: &str, g| ("g.service".to_owned(), m.to_owned(), g);
+    assert_eq!(generations(&u), [g1("n1", 1)]);
+    // The machine took the generation, but the old process is still the one reported.
+    u.apply(&reported("g.service", "n1", "active", 100, 1), &m)
+        .unwrap();
+    u.apply(&reported("g.service", "n1", "deactivating", 100, 1), &m)
+        .unwrap();
+    u.apply(&reported("g.service", "n1", "activating", 0, 1), &m)
+        .unwrap();
+    assert_eq!(generations(&u), [g1("n1", 1)], "n2 waits for n1");
+    // Active again with a new process: the next machine's turn.
+    u.apply(&reported("g.service", "n1", "active", 101, 1), &m)
+        .unwrap();
+    assert_eq!(generations(&u), [g1("n1", 1), g1("n2", 1)]);
+    assert_eq!(u.rolling["g.service"].from_pid, 100);
+    // A machine that lost the unit meanwhile is skipped.
+    u.apply(
+        &Change::Unassign {
+            name: "g.service".into(),
+            machine: "n3".into(),
+        },
+        &m,
+    )
+    .unwrap();
+    u.apply(&reported("g.service", "n2", "active", 102, 1), &m)
+        .unwrap();
+    assert_eq!(generations(&u), [g1("n1", 1), g1("n2", 1)]);
+    assert!(u.rolling.is_empty(), "the rollout is over");
+}
+
+#[test]
+fn a_rolling_restart_of_a_template_restarts_its_instances_and_stops_at_a_failure() {
+    let m = three_machines();
+    let mut u = Units::default();
+    let t = "[Service]\nExecStart=/bin/sleep infinity\n";
+    u.apply(&submit("web@.service", Some(t), false), &m)
+        .unwrap();
+    for (i, n) in [("1", "n1"), ("2", "n2"), ("3", "n3")] {
+        let name = format!("web@{i}.service");
+        u.apply(&desired(&name, Desired::Launched), &m).unwrap();
+        u.apply(&assign(&name, n), &m).unwrap();
+    }
+    // Not launched: not part of the rollout.
+    u.apply(&desired("web@4.service", Desired::Loaded), &m)
+        .unwrap();
+    u.apply(&assign("web@4.service", "n1"), &m).unwrap();
+    let roll = Change::RollingRestart {
+        name: "web@.service".into(),
+    };
+    assert_eq!(u.apply(&roll, &m), Ok(true));
+    assert_eq!(
+        u.rolling["web@.service"].steps,
+        [
+            ("web@1.service".to_owned(), "n1".to_owned()),
+            ("web@2.service".to_owned(), "n2".to_owned()),
+            ("web@3.service".to_owned(), "n3".to_owned()),
+        ]
+    );
+    // Nothing was reported before: any active report of the new generation ends the step.
+    u.apply(&reported("web@1.service", "n1", "active", 7, 1), &m)
+        .unwrap();
+    assert_eq!(u.by_name["web@2.service"].restarts["n2"], 1);
+    // web@2 fails after its restart: web@3 keeps running untouched.
+    u.apply(&reported("web@2.service", "n2", "failed", 0, 1), &m)
+        .unwrap();
+    assert!(u.rolling.is_empty());
+    assert!(u.by_name["web@3.service"].restarts.is_empty());
+    assert_eq!(
+        u.apply(
+            &Change::RollingRestart {
+                name: "nope@.service".into()
+            },
+            &m
+        ),
+        Err(Error::NotFound("nope@.service".into()))
+    );
+    // Stopping a unit mid-rollout skips it; destroying the rolled name ends the rollout.
+    assert_eq!(u.apply(&roll, &m), Ok(true));
+    u.apply(&verb("web@1.service", Transition::Stop), &m)
+        .unwrap();
+    assert_eq!(u.by_name["web@2.service"].restarts["n2"], 2);
+    u.apply(
+        &Change::Destroy {
+            name: "web@.service".into(),
+        },
+        &m,
+    )
+    .unwrap();
+    assert!(u.rolling.is_empty());
+}
+
+#[test]
+fn reports_of_one_pass_apply_as_one_change() {
+    let m = three_machines();
+    let mut u = Units::default();
+    for name in ["a.service", "b.service"] {
+        u.apply(&submit(name, Some(WEB), false), &m).unwrap();
+        u.apply(&desired(name, Desired::Launched), &m).unwrap();
+        u.apply(&assign(name, "n1"), &m).unwrap();
+    }
+    let state = |active: &str| Reported {
+        active: active.into(),
+        ..Reported::default()
+    };
+    let batch = |states: Vec<(&str, Option<Reported>)>| Change::ReportStates {
+        machine: "n1".into(),
+        states: states.into_iter().map(|(n, s)| (n.to_owned(), s)).collect(),
+    };
+    let one_by_one = {
+        let mut v = u.clone();
+        v.apply(&reported("a.service", "n1", "active", 0, 0), &m)
+            .unwrap();
+        v
+    };
+    assert_eq!(
+        u.apply(
+            &batch(vec![
+                ("a.service", Some(state("active"))),
+                ("gone.service", Some(state("active"))),
+            ]),
+            &m
+        ),
+        Ok(true)
+    );
+    assert_eq!(u.reported["a.service"]["n1"].active, "active");
+    assert!(!u.reported.contains_key("gone.service"), "a destroyed unit");
+    assert_eq!(
+        u.apply(&batch(vec![("a.service", Some(state("active")))]), &m),
+        Ok(false)
+    );
+    assert_eq!(
+        u.revision, one_by_one.revision,
+        "reports do not fence plans"
+    );
+    assert_eq!(
+        u.apply(&batch(vec![("a.service", None)]), &m),
+        Ok(true),
+        "forgotten"
+    );
+    assert!(u.reported.is_empty());
 }

@@ -83,7 +83,7 @@ fn start(bin: &Path, dir: &Path, ports: (u16, u16)) -> Result<(Agent, Duration)>
         &config,
         format!(
             "name = \"bench\"\ndata_dir = \"{data}\"\n[cluster]\nlisten_peer = \"127.0.0.1:{peer}\"\n\
-             advertise_peer = \"127.0.0.1:{peer}\"\n[api]\nlisten = [\"127.0.0.1:{api}\"]\n",
+             advertise_peer = \"127.0.0.1:{peer}\"\n[api]\nlisten = [\"127.0.0.1:{api}\"]\n[dns]\nlisten = []\n",
             data = dir.join("data").display(),
             peer = ports.0,
             api = ports.1,

@@ -8,6 +8,8 @@ use std::path::Path;
 pub const API_PORT: u16 = 2379;
 /// The agent's peer (Raft) port.
 pub const PEER_PORT: u16 = 2380;
+/// The agent's DNS port (each machine has its own network namespace: no clash).
+pub const DNS_PORT: u16 = 53;
 /// The agent's unit in every machine.
 pub const UNIT: &str = "flotillad.service";
 
@@ -40,7 +42,15 @@ pub fn config(me: &Member, members: &[Member]) -> String {
          machine_lost_after = \"5s\"\n\
          \n\
          [api]\n\
-         listen = [\"{addr}:{API_PORT}\", \"127.0.0.1:{API_PORT}\"]\n",
+         listen = [\"{addr}:{API_PORT}\", \"127.0.0.1:{API_PORT}\"]\n\
+         \n\
+         [dns]\n\
+         # Loopback for the machine's own resolver, the bridge address for the other machines.\n\
+         listen = [\"127.0.0.1:{DNS_PORT}\", \"{addr}:{DNS_PORT}\"]\n\
+         \n\
+         [machine]\n\
+         # Served as TXT at {name}.node.flotilla.internal; MachineMetadata=node={name} places on it.\n\
+         metadata = {{ node = \"{name}\" }}\n",
         name = me.name,
         addr = me.addr,
         initial = initial.join(", "),
@@ -101,7 +111,15 @@ mod tests {
              machine_lost_after = \"5s\"\n\
              \n\
              [api]\n\
-             listen = [\"10.213.7.12:2379\", \"127.0.0.1:2379\"]\n"
+             listen = [\"10.213.7.12:2379\", \"127.0.0.1:2379\"]\n\
+             \n\
+             [dns]\n\
+             # Loopback for the machine's own resolver, the bridge address for the other machines.\n\
+             listen = [\"127.0.0.1:53\", \"10.213.7.12:53\"]\n\
+             \n\
+             [machine]\n\
+             # Served as TXT at node2.node.flotilla.internal; MachineMetadata=node=node2 places on it.\n\
+             metadata = { node = \"node2\" }\n"
         );
     }
 

@@ -1,6 +1,8 @@
 //! `org.flotilla.Agent1` on the system bus of machines that run real systemd and dbus-daemon,
 //! driven by clients we did not write (`busctl`, `dbus-send`), then by `flotctl`, as root and as
-//! an unprivileged user, with the bus policy the package installs (see `testbed/boot.sh`).
+//! an unprivileged user, with the bus policy the package installs (see `testbed/boot.sh`):
+//! keys, machines, members, and units (fleet's verbs, `UnitStateChanged`, status and journal
+//! from the machine that runs the unit, the README's walk-through over D-Bus).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -8,8 +10,9 @@ use std::process::{Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use crate::units::write;
 use flotilla_dbus::agent1::{self, Agent1Proxy};
-use flotilla_tests::testbed::{Node, Options, Testbed, wait_for};
+use flotilla_tests::testbed::{Node, Options, Testbed, wait_for, wait_until};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -115,6 +118,37 @@ fn flotctl(node: &Node<'_>, nobody: bool, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("flotctl runs")
+}
+
+/// `busctl monitor` of everything to and from the agent on `node`: its JSON lines, and the
+/// process (killed by the caller).
+fn monitor(node: &Node<'_>) -> (std::process::Child, mpsc::Receiver<Value>) {
+    let mut child = node
+        .command(&[
+            "busctl",
+            "--system",
+            "--json=short",
+            "monitor",
+            agent1::NAME,
+        ])
+        .unwrap()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(msg) = serde_json::from_str::<Value>(&line)
+                && tx.send(msg).is_err()
+            {
+                return;
+            }
+        }
+    });
+    (child, rx)
 }
 
 fn agents() -> Options {
@@ -616,6 +650,11 @@ async fn an_unprivileged_user_reads_but_cannot_change_and_leader_changes_are_sig
         &["ssa{sv}", "/message", "nobody wrote this", "0"],
     );
     assert!(refused.unwrap_err().contains("uid 65534 is neither"));
+    let start = dbus_send(&n1, true, "StartUnit", &["string:hello.service"]);
+    assert_eq!(
+        text(&start.stderr),
+        "Error org.flotilla.Agent1.Error.AccessDenied: StartUnit changes the cluster: it needs root or the group flotilla, and uid 65534 is neither"
+    );
     let after = call(&n1, false, "GetKey", &["sb", "/message", "true"]).unwrap();
     assert_eq!(after[0][1], "root wrote this");
     assert_eq!(
@@ -674,4 +713,277 @@ async fn an_unprivileged_user_reads_but_cannot_change_and_leader_changes_are_sig
     .await
     .expect("PropertiesChanged for Leader within the deadline");
     assert_eq!(agent.leader().await.unwrap(), new_leader);
+}
+
+const HELLO: &str = "[Unit]\nDescription=Hello Fleet\n\n[Service]\nExecStart=/usr/bin/bash -c \"while true; do echo 'Hello Fleet'; sleep 1; done\"\n";
+
+/// The rows of `flotctl list-units --no-legend` on `node`, columns joined by one space.
+fn list_units(node: &Node<'_>) -> Result<Vec<String>, Option<String>> {
+    let out = flotctl(node, false, &["list-units", "--no-legend"]);
+    if !out.status.success() {
+        return Err(Some(text(&out.stderr)));
+    }
+    Ok(text(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn units_over_busctl_signal_their_states_and_flotctl_walks_them_over_dbus() {
+    let tb = Testbed::up(agents()).unwrap();
+    let (n1, n2, n3) = (tb.node(1), tb.node(2), tb.node(3));
+    wait_for(DEADLINE, "three machines up", || {
+        let m = call(&n1, false, "ListMachines", &[]).map_err(Some)?;
+        let up = m[0]
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|m| m[4] == "up").count());
+        if up == 3 {
+            Ok(())
+        } else {
+            Err(Some(m.to_string()))
+        }
+    })
+    .unwrap();
+
+    // A malformed unit is refused with a named error and file:line:column.
+    let broken = dbus_send(
+        &n1,
+        false,
+        "SubmitUnit",
+        &[
+            "string:broken.service",
+            "string:[Service]\nExecStart=relative/path\n",
+            "boolean:false",
+        ],
+    );
+    let err = text(&broken.stderr);
+    assert!(
+        err.starts_with(
+            "Error org.flotilla.Agent1.Error.InvalidUnit: unit 'broken.service' is malformed"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("broken.service:2:"), "{err}");
+    let missing = dbus_send(&n2, false, "StartUnit", &["string:nope.service"]);
+    assert_eq!(
+        text(&missing.stderr),
+        "Error org.flotilla.Agent1.Error.UnitNotFound: unit 'nope.service' does not exist: submit it first"
+    );
+
+    // busctl monitor on node2 is ready once it sees a call of ours.
+    let (mut mon, seen) = monitor(&n2);
+    wait_for(DEADLINE, "busctl monitor to see a ListUnits call", || {
+        call(&n2, false, "ListUnits", &[]).map_err(Some)?;
+        while let Ok(msg) = seen.try_recv() {
+            if msg["member"] == "ListUnits" {
+                return Ok(());
+            }
+        }
+        Err(None)
+    })
+    .unwrap();
+
+    // Submit and start through busctl on node1.
+    let submitted = call(
+        &n1,
+        false,
+        "SubmitUnit",
+        &["ssb", "hello.service", HELLO, "false"],
+    )
+    .unwrap();
+    assert_eq!(submitted, json!([true]));
+    let started = call(&n1, false, "StartUnit", &["s", "hello.service"]).unwrap();
+    assert_eq!(started, json!([true]));
+
+    // Every agent signals the state its machine reports: node2's agent too.
+    let signal = wait_for(DEADLINE, "UnitStateChanged active on node2's bus", || {
+        while let Ok(msg) = seen.try_recv() {
+            if msg["member"] == "UnitStateChanged" && msg["payload"]["data"][3] == "active" {
+                return Ok(msg);
+            }
+        }
+        Err(None)
+    });
+    let _ = mon.kill();
+    let _ = mon.wait();
+    let signal = signal.unwrap();
+    assert_eq!(signal["type"], "signal");
+    assert_eq!(signal["path"], agent1::PATH);
+    assert_eq!(signal["payload"]["type"], "sssss");
+    let data = &signal["payload"]["data"];
+    assert_eq!(data[0], "hello.service");
+    assert_eq!(slice(data, 2, 5), json!(["loaded", "active", "running"]));
+    let machine = data[1].as_str().unwrap().to_owned();
+    assert!(
+        tb.node_named(&machine).is_ok(),
+        "signalled machine {machine}"
+    );
+
+    // ListUnits on node3 shows it active there, as fleetctl's columns.
+    let rows = wait_for(DEADLINE, "ListUnits on node3 to show it active", || {
+        let u = call(&n3, false, "ListUnits", &[]).map_err(Some)?;
+        if u[0][0][4] == "active" {
+            Ok(u)
+        } else {
+            Err(Some(u.to_string()))
+        }
+    })
+    .unwrap();
+    assert_eq!(
+        slice(&rows[0][0], 0, 6),
+        json!([
+            "hello.service",
+            machine,
+            "launched",
+            "loaded",
+            "active",
+            "running"
+        ])
+    );
+    assert!(rows[0][0][8].as_u64().unwrap() > 0, "a main pid");
+    let files = call(&n3, false, "ListUnitFiles", &[]).unwrap();
+    assert_eq!(
+        slice(&files[0][0], 2, 5),
+        json!(["launched", "launched", [machine]])
+    );
+
+    // Status and journal lines come from the machine that runs it, asked from another one.
+    let other = tb.nodes().find(|n| n.name() != machine).unwrap();
+    let status = call(&other, false, "UnitStatus", &["s", "hello.service"]).unwrap();
+    assert_eq!(status[0][0], machine);
+    let out = status[0][1].as_str().unwrap();
+    assert!(out.contains("hello.service - Hello Fleet"), "{out}");
+    assert!(out.contains("Active: active (running)"), "{out}");
+    let journal = wait_for(DEADLINE, "journal lines of hello.service", || {
+        let j = call(&other, false, "JournalLines", &["su", "hello.service", "3"]).map_err(Some)?;
+        if j[0][1].as_str().unwrap_or_default().contains("Hello Fleet") {
+            Ok(j)
+        } else {
+            Err(Some(j.to_string()))
+        }
+    })
+    .unwrap();
+    assert_eq!(journal[0][0], machine);
+    assert!(
+        journal[0][1].as_str().unwrap().lines().count() <= 3,
+        "{journal}"
+    );
+
+    // A rolling restart: the unit runs again with another main pid.
+    let pid = rows[0][0][8].as_u64().unwrap();
+    let restarted = call(&n2, false, "RestartUnit", &["s", "hello.service"]).unwrap();
+    assert_eq!(restarted, json!([true]));
+    wait_for(DEADLINE, "hello.service active with a new main pid", || {
+        let u = call(&n3, false, "ListUnits", &[]).map_err(Some)?;
+        let row = &u[0][0];
+        if row[4] == "active" && row[8].as_u64().is_some_and(|p| p != 0 && p != pid) {
+            Ok(())
+        } else {
+            Err(Some(row.to_string()))
+        }
+    })
+    .unwrap();
+
+    // An unprivileged user reads units but may not change them.
+    let listed = call(&other, true, "ListUnits", &[]).unwrap();
+    assert_eq!(listed[0][0][0], "hello.service");
+    assert!(call(&other, true, "UnitStatus", &["s", "hello.service"]).is_ok());
+    let refused = dbus_send(&other, true, "StartUnit", &["string:hello.service"]);
+    assert!(
+        text(&refused.stderr).starts_with("Error org.freedesktop.DBus.Error.AccessDenied"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let by_flotctl = flotctl(&other, true, &["stop", "hello.service"]);
+    assert_eq!(by_flotctl.status.code(), Some(1));
+    let err = text(&by_flotctl.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("flotctl: the bus policy refuses this call"),
+        "{err}"
+    );
+
+    // Destroyed through busctl: it runs nowhere, and the agents say so.
+    call(&n1, false, "DestroyUnit", &["s", "hello.service"]).unwrap();
+    wait_until(DEADLINE, "hello.service gone from ListUnits", || {
+        call(&n2, false, "ListUnits", &[]).is_ok_and(|u| u == json!([[]]))
+    })
+    .unwrap();
+
+    // The README's walk-through with flotctl, over D-Bus (no --endpoint).
+    write(&n1, "/tmp/hello.service", HELLO);
+    let start = flotctl(
+        &n1,
+        false,
+        &["start", "--block-timeout", "60", "/tmp/hello.service"],
+    );
+    assert!(start.status.success(), "{}", text(&start.stderr));
+    let rows = wait_for(
+        DEADLINE,
+        "flotctl list-units on node2 to show it running",
+        || {
+            let rows = list_units(&n2)?;
+            if rows.len() == 1 && rows[0].ends_with(" active running") {
+                Ok(rows)
+            } else {
+                Err(Some(format!("{rows:?}")))
+            }
+        },
+    )
+    .unwrap();
+    let on = rows[0].split(' ').nth(1).unwrap().to_owned();
+    assert!(tb.node_named(&on).is_ok(), "{rows:?}");
+    let status = flotctl(&n3, false, &["status", "hello.service"]);
+    assert!(status.status.success(), "{}", text(&status.stderr));
+    assert!(text(&status.stdout).contains("Active: active (running)"));
+    let journal = wait_for(DEADLINE, "flotctl journal to show lines", || {
+        let j = flotctl(&n3, false, &["journal", "-n", "5", "hello.service"]);
+        let out = text(&j.stdout);
+        if j.status.success() && out.contains("Hello Fleet") {
+            Ok(out)
+        } else {
+            Err(Some(format!("{out} {}", text(&j.stderr))))
+        }
+    })
+    .unwrap();
+    assert!(journal.lines().count() <= 5, "{journal}");
+
+    // The same answers over HTTP (--endpoint) as over D-Bus.
+    let endpoint = format!("http://{}:2379", n2.addr());
+    for args in [
+        &["--output", "json", "list-unit-files"][..],
+        &["list-machines", "--full"][..],
+        &[
+            "list-units",
+            "--fields",
+            "unit,machine,load,desired,hash",
+            "--full",
+        ][..],
+    ] {
+        let bus = flotctl(&n2, false, args);
+        let mut over_http = vec!["--endpoint", &endpoint];
+        over_http.extend_from_slice(args);
+        let http = flotctl(&n2, false, &over_http);
+        assert!(bus.status.success(), "{}", text(&bus.stderr));
+        assert_eq!(text(&bus.stdout), text(&http.stdout), "{args:?}");
+    }
+
+    let destroy = flotctl(&n1, false, &["destroy", "hello.service"]);
+    assert_eq!(text(&destroy.stdout), "Destroyed hello.service");
+    wait_for(DEADLINE, "flotctl list-units to show nothing", || {
+        let rows = list_units(&n2)?;
+        if rows.is_empty() {
+            Ok(())
+        } else {
+            Err(Some(format!("{rows:?}")))
+        }
+    })
+    .unwrap();
+    let gone = flotctl(&n2, false, &["status", "hello.service"]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert_eq!(
+        text(&gone.stderr),
+        "flotctl: unit 'hello.service' does not exist: submit it first"
+    );
 }

@@ -49,7 +49,8 @@ const CLIENTS: usize = 6;
 const KEYS: usize = 3;
 
 /// Why an HTTP exchange did not produce an answer.
-enum Failure {
+#[derive(Debug)]
+pub(crate) enum Failure {
     /// No connection: the request never left.
     NotSent(String),
     /// Sent (perhaps partly), no answer in time.
@@ -57,7 +58,7 @@ enum Failure {
 }
 
 /// One HTTP/1.0 exchange with `addr`: `(status, body)`.
-fn http(
+pub(crate) fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,

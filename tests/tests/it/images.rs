@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -61,6 +61,28 @@ fn snapshot(dir: &Path) -> BTreeMap<String, String> {
 
 fn mode(path: &Path) -> u32 {
     fs::symlink_metadata(path).unwrap().mode() & 0o7777
+}
+
+/// The digest of layer `i` of the first image of the OCI layout at `layout`.
+fn layer_digest(layout: &Path, i: usize) -> String {
+    let read = |p: PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&fs::read(p).unwrap()).unwrap()
+    };
+    let index = read(layout.join("index.json"));
+    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest = read(layout.join("blobs/sha256").join(&manifest_digest[7..]));
+    manifest["layers"][i]["digest"].as_str().unwrap().to_owned()
+}
+
+/// Flips a byte in the middle of `blob` (a registry that serves a wrong digest); returns the
+/// original bytes, to repair it with.
+fn corrupt_middle(blob: &Path) -> Vec<u8> {
+    let original = fs::read(blob).unwrap();
+    let mut corrupt = original.clone();
+    let mid = corrupt.len() / 2;
+    corrupt[mid] ^= 0xff;
+    fs::write(blob, &corrupt).unwrap();
+    original
 }
 
 #[test]
@@ -272,27 +294,9 @@ fn refuses_wrong_digest_and_truncated_layer() {
     let reference = format!("{}/busybox:v1", registry.host());
     let layout = Scratch::new("layout").unwrap();
     registry::write_layout(layout.path(), "v1", &[registry::busybox_image()]).unwrap();
-    let index: serde_json::Value =
-        serde_json::from_slice(&fs::read(layout.path().join("index.json")).unwrap()).unwrap();
-    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap();
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &fs::read(
-            layout
-                .path()
-                .join("blobs/sha256")
-                .join(&manifest_digest[7..]),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_owned();
+    let layer = layer_digest(layout.path(), 0);
     let blob = registry.blob_file(&layer);
-    let original = fs::read(&blob).unwrap();
-
-    let mut corrupt = original.clone();
-    let mid = corrupt.len() / 2;
-    corrupt[mid] ^= 0xff;
-    fs::write(&blob, &corrupt).unwrap();
+    let original = corrupt_middle(&blob);
     let err = rt
         .block_on(puller(&registry).pull(&store, &reference, None))
         .unwrap_err();
@@ -643,4 +647,352 @@ fn pulls_with_credentials_from_an_auth_file() {
     .unwrap();
     let image = rt.block_on(puller.pull(&store, &reference, None)).unwrap();
     assert!(store.rootfs(&image).join("bin/busybox").exists());
+}
+
+/// `flotctl ARGS` inside `node` (its own agent), with no standard input.
+fn flotctl(node: &flotilla_tests::testbed::Node<'_>, args: &[&str]) -> std::process::Output {
+    let path = Options::default_agent().with_file_name("flotctl");
+    let mut argv = vec![path.to_str().unwrap()];
+    argv.extend_from_slice(args);
+    node.command(&argv)
+        .unwrap()
+        .env_remove("FLOTCTL_ENDPOINT")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Writes `content` to `path` inside `node` (`append`: at its end).
+fn write_in(node: &flotilla_tests::testbed::Node<'_>, path: &str, content: &str, append: bool) {
+    use std::io::Write as _;
+    let tee = if append {
+        vec!["tee", "-a", path]
+    } else {
+        vec!["tee", path]
+    };
+    let mut child = node
+        .command(&tee)
+        .unwrap()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(content.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "cannot write {path}");
+}
+
+/// The row of `unit` in `flotctl list-units` (unit, machine, active, sub, result), once it
+/// satisfies `ok`.
+fn wait_unit(
+    node: &flotilla_tests::testbed::Node<'_>,
+    unit: &str,
+    ok: impl Fn(&[&str]) -> bool,
+) -> Vec<String> {
+    flotilla_tests::testbed::wait_for(TESTBED_DEADLINE, &format!("{unit} in list-units"), || {
+        let out = flotctl(
+            node,
+            &[
+                "list-units",
+                "--no-legend",
+                "--fields",
+                "unit,machine,active,sub,result",
+            ],
+        );
+        let shown = text(&out);
+        for line in shown.lines() {
+            let cols: Vec<&str> = line.split('\t').map(str::trim).collect();
+            if cols.first() == Some(&unit) && ok(&cols) {
+                return Ok(cols.iter().map(|c| (*c).to_owned()).collect());
+            }
+        }
+        Err(Some(shown))
+    })
+    .unwrap()
+}
+
+const TESTBED_DEADLINE: Duration = Duration::from_secs(90);
+
+/// The images of the store on `node`, without what a pull in flight may have in `tmp/`.
+fn store_of(node: &flotilla_tests::testbed::Node<'_>) -> String {
+    node.stdout(&[
+        "sh",
+        "-c",
+        "cd /var/lib/flotilla/images && find . -path ./tmp -prune -o -print | sort && cat index.json",
+    ])
+    .unwrap()
+}
+
+/// The seed's walk-through with images, on machines that run real systemd: an image built here
+/// (busybox over three layers with a whiteout), pushed to a registry the machines reach over
+/// their bridge; a hello-world unit and a busybox service run in it (`[X-Flotilla] Image=`),
+/// their output read with `flotctl journal`; `flotctl pull`, `images`, `rmi` (refused while a
+/// unit uses the image) and `run`; a registry that serves a wrong digest fails its unit with the
+/// reason and leaves the store as it was.
+#[test]
+fn runs_image_units_and_flotctl_run_on_the_testbed() {
+    let tb = Testbed::up(
+        Options::new(2)
+            .agent(Options::default_agent())
+            .agent_stopped(),
+    )
+    .unwrap();
+    let registry = Registry::start_on(tb.host_addr()).unwrap();
+    let host = registry.host();
+    for n in tb.nodes() {
+        write_in(
+            &n,
+            "/etc/flotilla/flotilla.toml",
+            &format!("\n[images]\ninsecure_registries = [\"{host}\"]\n"),
+            true,
+        );
+        n.start_agent().unwrap();
+    }
+    let mut spec = registry::busybox_image();
+    spec.cmd = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "echo $GREETING from the image command".into(),
+    ];
+    push(&registry, "busybox", &[spec], Format::Oci);
+    // The busybox base layer and a layer of its own, which the registry will corrupt.
+    let bad = ImageSpec::new(vec![
+        registry::busybox_image().layers[0].clone(),
+        Layer(vec![Entry::File(
+            "bin/marker".into(),
+            0o644,
+            b"only in this image".to_vec(),
+        )]),
+    ]);
+    let layout = Scratch::new("layout").unwrap();
+    registry::write_layout(layout.path(), "v1", &[bad]).unwrap();
+    registry
+        .push(layout.path(), "v1", "bad", Format::Oci)
+        .unwrap();
+    let image = format!("{host}/busybox:v1");
+    let n1 = tb.node(1);
+
+    // flotctl pull: a line per layer state (not a terminal), then the image.
+    let out = flotctl(&n1, &["pull", &image]);
+    assert!(out.status.success(), "pull failed: {}", text(&out));
+    let shown = text(&out);
+    assert!(
+        shown.contains(": downloading") && shown.contains(&format!("Pulled {image} (sha256:")),
+        "{shown}"
+    );
+    let out = flotctl(&n1, &["images", "--no-legend"]);
+    let row: Vec<String> = text(&out)
+        .split('\t')
+        .map(|c| c.trim().to_owned())
+        .collect();
+    assert_eq!(
+        row[..2],
+        [format!("{host}/busybox"), "v1".to_owned()],
+        "{row:?}"
+    );
+
+    // flotctl run: the command's output on this terminal; the image's command by default.
+    let out = flotctl(
+        &n1,
+        &[
+            "run",
+            "--rm",
+            &image,
+            "/bin/sh",
+            "-c",
+            "echo $GREETING from $(pwd); ls /data; (echo x > /data/x) 2>/dev/null && echo writable || echo read-only",
+        ],
+    );
+    assert!(out.status.success(), "run failed: {}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from /data\nupper\nread-only\n",
+        "{}",
+        text(&out)
+    );
+    let out = flotctl(&n1, &["run", "--rm", &image]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from the image command\n",
+        "{}",
+        text(&out)
+    );
+
+    // -it: an interactive shell on a terminal (`script` gives flotctl one here).
+    let flotctl_path = Options::default_agent().with_file_name("flotctl");
+    let command = format!("{} run -it --rm {image} /bin/sh", flotctl_path.display());
+    let mut child = n1
+        .command(&["script", "-qec", &command, "/dev/null"])
+        .unwrap()
+        .env_remove("FLOTCTL_ENDPOINT")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"test -t 0 && echo typed-$((40 + 2)) on a tty; exit 7\n")
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        text(&out).contains("typed-42 on a tty") && out.status.code() == Some(7),
+        "{:?}: {}",
+        out.status,
+        text(&out)
+    );
+
+    // A hello-world unit in the image, wherever the scheduler puts it; its output in the journal.
+    let hello = format!(
+        "[Unit]\nDescription=hello from an image\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\n\
+         ExecStart=/bin/sh -c \"echo $$GREETING from the image; ls /data\"\n\n\
+         [X-Flotilla]\nImage={image}\n"
+    );
+    write_in(&n1, "/tmp/hello-image.service", &hello, false);
+    let out = flotctl(
+        &n1,
+        &["start", "--block-timeout", "90", "/tmp/hello-image.service"],
+    );
+    assert!(out.status.success(), "start failed: {}", text(&out));
+    let row = wait_unit(&n1, "hello-image.service", |c| c.get(2) == Some(&"active"));
+    let runner = tb.node_named(&row[1]).unwrap();
+    flotilla_tests::testbed::wait_for(TESTBED_DEADLINE, "hello in the journal", || {
+        let out = flotctl(&n1, &["journal", "-n", "20", "hello-image.service"]);
+        let shown = text(&out);
+        if shown.contains("hello from the image") && shown.contains("upper") {
+            Ok(())
+        } else {
+            Err(Some(shown))
+        }
+    })
+    .unwrap();
+    // What systemd runs is in plain sight: the unit and flotilla's drop-in.
+    let cat = runner
+        .stdout(&["systemctl", "cat", "hello-image.service"])
+        .unwrap();
+    assert!(
+        cat.contains("50-flotilla-image.conf")
+            && cat.contains("RootDirectory=/var/lib/flotilla/images/rootfs/")
+            && cat.contains("ProtectSystem=strict")
+            && cat.contains("Environment=\"GREETING=hello\""),
+        "{cat}"
+    );
+
+    // A busybox service: it keeps running in the image.
+    let service = format!(
+        "[Unit]\nDescription=busybox service\n\n[Service]\n\
+         ExecStart=/bin/sh -c \"while true; do echo tick; /bin/busybox sleep 1; done\"\n\n\
+         [X-Flotilla]\nImage={image}\n"
+    );
+    write_in(&n1, "/tmp/busybox-image.service", &service, false);
+    let out = flotctl(
+        &n1,
+        &[
+            "start",
+            "--block-timeout",
+            "90",
+            "/tmp/busybox-image.service",
+        ],
+    );
+    assert!(out.status.success(), "start failed: {}", text(&out));
+    let row = wait_unit(&n1, "busybox-image.service", |c| {
+        c.get(2) == Some(&"active") && c.get(3) == Some(&"running")
+    });
+    flotilla_tests::testbed::wait_for(TESTBED_DEADLINE, "ticks in the journal", || {
+        let out = flotctl(&n1, &["journal", "-n", "5", "busybox-image.service"]);
+        let shown = text(&out);
+        if shown.contains("tick") {
+            Ok(())
+        } else {
+            Err(Some(shown))
+        }
+    })
+    .unwrap();
+
+    // rmi is refused where a unit uses the image, and goes through once none does.
+    let runner = tb.node_named(&row[1]).unwrap();
+    let out = flotctl(&runner, &["rmi", &image]);
+    assert!(!out.status.success(), "rmi of an image in use went through");
+    assert!(
+        text(&out).contains("busybox-image.service"),
+        "{}",
+        text(&out)
+    );
+    let before_bad: Vec<String> = tb.nodes().map(|n| store_of(&n)).collect();
+
+    // A registry that serves a wrong digest: the unit fails with the reason, the store is kept.
+    let layer = layer_digest(layout.path(), 1);
+    let blob = registry.blob_file(&layer);
+    let original = corrupt_middle(&blob);
+    let broken = format!(
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/sh -c \"test -f /bin/marker\"\n\n\
+         [X-Flotilla]\nImage={host}/bad:v1\n"
+    );
+    write_in(&n1, "/tmp/bad-image.service", &broken, false);
+    let out = flotctl(&n1, &["start", "--no-block", "/tmp/bad-image.service"]);
+    assert!(out.status.success(), "submit failed: {}", text(&out));
+    let row = wait_unit(&n1, "bad-image.service", |c| {
+        c.get(2) == Some(&"failed") && c.get(3) == Some(&"pull-failed")
+    });
+    assert!(
+        row[4].contains(&layer) && row[4].ends_with("refused"),
+        "{row:?}"
+    );
+    let node = tb.node_named(&row[1]).unwrap();
+    assert_eq!(
+        store_of(&node),
+        before_bad[node.index() - 1],
+        "a refused pull changed the store"
+    );
+    assert!(
+        !node
+            .stdout(&[
+                "systemctl",
+                "list-units",
+                "--all",
+                "--plain",
+                "bad-image.service"
+            ])
+            .unwrap()
+            .contains("bad-image.service"),
+        "a unit whose image is missing was given to systemd"
+    );
+    // The pull is tried again (with a backoff): once the registry is repaired, the unit runs.
+    fs::write(&blob, &original).unwrap();
+    wait_unit(&n1, "bad-image.service", |c| c.get(2) == Some(&"active"));
+
+    for unit in [
+        "busybox-image.service",
+        "hello-image.service",
+        "bad-image.service",
+    ] {
+        let out = flotctl(&n1, &["destroy", unit]);
+        assert!(out.status.success(), "destroy failed: {}", text(&out));
+    }
+    flotilla_tests::testbed::wait_for(TESTBED_DEADLINE, "rmi once no unit uses it", || {
+        let out = flotctl(&runner, &["rmi", &image]);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(Some(text(&out)))
+        }
+    })
+    .unwrap();
+    let out = flotctl(&runner, &["images", "--no-legend"]);
+    assert_eq!(text(&out).trim(), "", "images after rmi");
 }

@@ -1,10 +1,14 @@
 mod bus;
 mod cluster;
+mod disk;
 mod dns;
 mod faults;
 mod images;
 mod kv;
 mod packaging;
+mod reconcile;
 mod systemd1;
 mod testbed;
+mod trust;
+mod unitfaults;
 mod units;

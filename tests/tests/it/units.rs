@@ -1,6 +1,8 @@
 //! Units scheduled across machines that run real systemd: fleet's walk-through with `flotctl`
 //! (start, list-units, status, journal, destroy) on three machines, a malformed unit refused
-//! at submit, and a unit moved off a machine that is powered off.
+//! at submit, and a unit moved off a machine that is powered off; every `[X-Fleet]` option,
+//! templates and instances, capacity (MemoryMax= against each machine's memory and its
+//! agents' slice limit), the per-machine cap and rolling restarts timed by systemd itself.
 
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
@@ -18,7 +20,7 @@ fn flotctl_path() -> PathBuf {
 }
 
 /// `flotctl ARGS` on `node`, against its own agent's HTTP API.
-fn flotctl(node: &Node<'_>, args: &[&str]) -> Output {
+pub(crate) fn flotctl(node: &Node<'_>, args: &[&str]) -> Output {
     let path = flotctl_path();
     let mut argv = vec![path.to_str().unwrap()];
     argv.extend_from_slice(args);
@@ -30,7 +32,7 @@ fn flotctl(node: &Node<'_>, args: &[&str]) -> Output {
         .expect("flotctl runs")
 }
 
-fn text(out: &Output) -> String {
+pub(crate) fn text(out: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -39,7 +41,7 @@ fn text(out: &Output) -> String {
 }
 
 /// Writes `text` to `path` inside `node` (its own /tmp).
-fn write(node: &Node<'_>, path: &str, text: &str) {
+pub(crate) fn write(node: &Node<'_>, path: &str, text: &str) {
     let mut child = node
         .command(&["tee", path])
         .unwrap()
@@ -81,7 +83,7 @@ fn active_on(node: &Node<'_>) -> Result<String, Option<String>> {
 }
 
 /// Waits until `node`'s agent lists `n` machines up (registered by their heartbeats).
-fn wait_machines_up(node: &Node<'_>, n: usize) {
+pub(crate) fn wait_machines_up(node: &Node<'_>, n: usize) {
     wait_for(DEADLINE, "every machine registered", || {
         let out = flotctl(
             node,
@@ -331,5 +333,473 @@ fn fleets_v1_api_creates_reports_and_destroys_a_unit() {
             }
         })
         .unwrap();
+    }
+}
+
+/// `GET /flotilla/v1/units` on `node`: every unit with its machines and unschedulable reason.
+fn units_json(node: &Node<'_>) -> serde_json::Value {
+    let (code, body) = curl(node, &["http://127.0.0.1:2379/flotilla/v1/units"]);
+    assert_eq!(code, "200", "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Where the cluster placed `name` (machine names, sorted) and why not (more), if it says.
+fn placement(node: &Node<'_>, name: &str) -> (Vec<String>, Option<String>) {
+    let all = units_json(node);
+    let unit = all["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == name)
+        .cloned()
+        .unwrap_or_default();
+    let mut machines: Vec<String> = unit["machines"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter_map(|m| m.as_str())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    machines.sort();
+    (machines, unit["unschedulable"].as_str().map(String::from))
+}
+
+/// The machines whose own systemd runs `name`, sorted.
+fn systemd_runs(tb: &Testbed, name: &str) -> Vec<String> {
+    let mut on: Vec<String> = tb
+        .nodes()
+        .filter(|n| {
+            n.stdout(&["systemctl", "is-active", name])
+                .is_ok_and(|s| s.trim() == "active")
+        })
+        .map(|n| n.name())
+        .collect();
+    on.sort();
+    on
+}
+
+/// Waits until the cluster assigns `name` to exactly `machines` and their systemd runs it
+/// there and nowhere else.
+fn wait_runs_on(tb: &Testbed, name: &str, machines: &[&str]) {
+    let asked = tb.node(1);
+    wait_for(DEADLINE, &format!("{name} runs on {machines:?}"), || {
+        let (placed, why) = placement(&asked, name);
+        let running = systemd_runs(tb, name);
+        if placed == machines && running == machines {
+            Ok(())
+        } else {
+            Err(Some(format!(
+                "assigned to {placed:?}, systemd runs it on {running:?}, unschedulable: {why:?}"
+            )))
+        }
+    })
+    .unwrap();
+}
+
+/// Waits until `name` is on no machine and its reason contains `why`; returns the reason.
+fn wait_unschedulable(tb: &Testbed, name: &str, why: &str) -> String {
+    let asked = tb.node(1);
+    let reason = wait_for(
+        DEADLINE,
+        &format!("{name} unschedulable: {why}"),
+        || match placement(&asked, name) {
+            (placed, Some(reason)) if placed.is_empty() && reason.contains(why) => Ok(reason),
+            other => Err(Some(format!("{other:?}"))),
+        },
+    )
+    .unwrap();
+    assert_eq!(systemd_runs(tb, name), Vec::<String>::new());
+    reason
+}
+
+/// Writes unit `name` with `[X-Fleet]` lines `fleet` (and more `[Service]` lines) to /tmp on
+/// node 1.
+fn unit_file(tb: &Testbed, name: &str, service: &str, fleet: &str) -> String {
+    let path = format!("/tmp/{name}");
+    write(
+        &tb.node(1),
+        &path,
+        &format!("[Service]\nExecStart=/usr/bin/sleep infinity\n{service}\n[X-Fleet]\n{fleet}\n"),
+    );
+    path
+}
+
+/// `flotctl start ARGS` on node 1; `block`: wait until active.
+fn start(tb: &Testbed, args: &[&str], block: bool) {
+    let mut argv = vec!["start"];
+    if !block {
+        argv.push("--no-block");
+    }
+    argv.extend_from_slice(args);
+    let out = flotctl(&tb.node(1), &argv);
+    assert!(out.status.success(), "start {args:?}: {}", text(&out));
+}
+
+/// How many units `list-units` shows on each machine.
+fn units_per_machine(node: &Node<'_>) -> std::collections::BTreeMap<String, usize> {
+    let out = flotctl(
+        node,
+        &["list-units", "--no-legend", "--fields", "unit,machine"],
+    );
+    assert!(out.status.success(), "list-units: {}", text(&out));
+    let mut per = std::collections::BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(machine) = line.split_whitespace().nth(1) {
+            *per.entry(machine.to_owned()).or_insert(0) += 1;
+        }
+    }
+    per
+}
+
+/// The machines' metadata in this test: two regions, two disk kinds.
+const METADATA: [&str; 3] = [
+    r#"{ node = "node1", region = "east", disk = "ssd" }"#,
+    r#"{ node = "node2", region = "west", disk = "ssd" }"#,
+    r#"{ node = "node3", region = "west", disk = "hdd" }"#,
+];
+/// `[scheduler] max_units_per_machine` in this test.
+const CAP: usize = 8;
+
+#[test]
+fn every_x_fleet_option_capacity_and_the_per_machine_cap_on_real_machines() {
+    let tb = Testbed::up(
+        Options::new(3)
+            .agent(Options::default_agent())
+            .agent_stopped(),
+    )
+    .unwrap();
+    for (n, metadata) in tb.nodes().zip(METADATA) {
+        let config = "/etc/flotilla/flotilla.toml";
+        let sed = format!("s/^metadata = .*/metadata = {metadata}/");
+        assert!(
+            n.exec(&["sed", "-i", &sed, config])
+                .unwrap()
+                .status
+                .success()
+        );
+        let cap = format!("\n[scheduler]\nmax_units_per_machine = {CAP}\n");
+        let append = format!("printf '{cap}' >> {config}");
+        assert!(n.exec(&["sh", "-c", &append]).unwrap().status.success());
+        n.start_agent().unwrap();
+    }
+    for n in tb.nodes() {
+        n.wait_active("flotillad.service", DEADLINE).unwrap();
+    }
+    let n1 = tb.node(1);
+    wait_machines_up(&n1, 3);
+    let id2 = tb.node(2).stdout(&["cat", "/etc/machine-id"]).unwrap();
+    let id2 = id2.trim();
+
+    // Capacity: every machine committed its memory, so no machine can take 100T.
+    let big = unit_file(&tb, "big.service", "MemoryMax=100T", "");
+    start(&tb, &[&big], false);
+    let why = wait_unschedulable(&tb, "big.service", "needs 100T memory, largest free is");
+    assert!(why.contains(" on node"), "{why}");
+    // flotctl shows the reason too, from any machine.
+    let out = flotctl(
+        &tb.node(3),
+        &["list-unit-files", "--no-legend", "--fields", "unit,reason"],
+    );
+    let shown = text(&out);
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("big.service") && l.contains("needs 100T memory")),
+        "list-unit-files: {shown}"
+    );
+
+    // The memory limit of the agents' slice counts where it is lower, and a change of it is
+    // proposed: a unit that fits no more is taken off, and comes back once it fits again.
+    let pinned = unit_file(
+        &tb,
+        "pinned.service",
+        "MemoryMax=2G",
+        "MachineMetadata=node=node3",
+    );
+    start(&tb, &[&pinned], true);
+    wait_runs_on(&tb, "pinned.service", &["node3"]);
+    let slice_memory = |max: &str| {
+        let property = format!("MemoryMax={max}");
+        let argv = [
+            "systemctl",
+            "set-property",
+            "--runtime",
+            "system.slice",
+            &property,
+        ];
+        let out = tb.node(3).exec(&argv).unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    };
+    slice_memory("1G");
+    wait_unschedulable(
+        &tb,
+        "pinned.service",
+        "needs 2G memory, largest free is 1G on node3",
+    );
+    slice_memory("infinity");
+    wait_runs_on(&tb, "pinned.service", &["node3"]);
+
+    // Global=: on every machine.
+    // Units restarted below take a second to start, so that overlapping restarts would show.
+    let slow = "ExecStartPre=/usr/bin/sleep 1";
+    let global = unit_file(&tb, "global.service", slow, "Global=true");
+    start(&tb, &[&global], true);
+    wait_runs_on(&tb, "global.service", &["node1", "node2", "node3"]);
+
+    // MachineMetadata=: values of one key OR-ed, different keys AND-ed (as global units, so
+    // every machine that matches takes them).
+    let or = unit_file(
+        &tb,
+        "or.service",
+        "",
+        "Global=true\nMachineMetadata=node=node1\nMachineMetadata=node=node3",
+    );
+    let and = unit_file(
+        &tb,
+        "and.service",
+        "",
+        "Global=true\nMachineMetadata=region=west\nMachineMetadata=disk=ssd",
+    );
+    start(&tb, &[&or, &and], true);
+    wait_runs_on(&tb, "or.service", &["node1", "node3"]);
+    wait_runs_on(&tb, "and.service", &["node2"]);
+    let nowhere = unit_file(&tb, "nowhere.service", "", "MachineMetadata=region=north");
+    start(&tb, &[&nowhere], false);
+    wait_unschedulable(
+        &tb,
+        "nowhere.service",
+        "no machine matches MachineMetadata=region=north",
+    );
+
+    // MachineID= and MachineOf=.
+    let id = unit_file(&tb, "id.service", "", &format!("MachineID={id2}"));
+    let follower = unit_file(&tb, "follower.service", "", "MachineOf=id.service");
+    start(&tb, &[&id, &follower], true);
+    wait_runs_on(&tb, "id.service", &["node2"]);
+    wait_runs_on(&tb, "follower.service", &["node2"]);
+
+    // A template and its instances; Conflicts= globs keep them apart.
+    let web = unit_file(&tb, "web@.service", slow, "Conflicts=web@*.service");
+    let out = flotctl(&n1, &["submit", &web]);
+    assert!(out.status.success(), "submit: {}", text(&out));
+    let out = flotctl(&n1, &["start", "web@.service"]);
+    assert!(!out.status.success(), "a template was started");
+    start(
+        &tb,
+        &["web@1.service", "web@2.service", "web@3.service"],
+        true,
+    );
+    let mut webs: Vec<String> = (1..=3)
+        .flat_map(|i| placement(&n1, &format!("web@{i}.service")).0)
+        .collect();
+    webs.sort();
+    assert_eq!(
+        webs,
+        ["node1", "node2", "node3"],
+        "instances share a machine"
+    );
+    start(&tb, &["web@4.service"], false);
+    wait_unschedulable(
+        &tb,
+        "web@4.service",
+        "conflicts with web@1.service, web@2.service, web@3.service on every candidate machine",
+    );
+    // The other way: a unit without Conflicts= cannot join one whose glob names it.
+    let picky = unit_file(
+        &tb,
+        "picky.service",
+        "",
+        "MachineMetadata=region=east\nConflicts=lonely*",
+    );
+    start(&tb, &[&picky], true);
+    wait_runs_on(&tb, "picky.service", &["node1"]);
+    let lonely = unit_file(&tb, "lonely.service", "", "MachineMetadata=region=east");
+    start(&tb, &[&lonely], false);
+    wait_unschedulable(
+        &tb,
+        "lonely.service",
+        "conflicts with picky.service on every candidate machine",
+    );
+
+    // Replaces=: the replacing unit takes the machine, the replaced one moves away.
+    let old = unit_file(&tb, "old.service", "", "MachineMetadata=region=west");
+    start(&tb, &[&old], true);
+    let (was, _) = placement(&n1, "old.service");
+    assert_eq!(was.len(), 1);
+    let there = tb.node_named(&was[0]).unwrap();
+    let there_id = there.stdout(&["cat", "/etc/machine-id"]).unwrap();
+    let new = unit_file(
+        &tb,
+        "new.service",
+        "",
+        &format!("MachineID={}\nReplaces=old.service", there_id.trim()),
+    );
+    start(&tb, &[&new], true);
+    wait_runs_on(&tb, "new.service", &[was[0].as_str()]);
+    let other_west = if was[0] == "node2" { "node3" } else { "node2" };
+    wait_runs_on(&tb, "old.service", &[other_west]);
+
+    // MemoryMax= as a share of each machine's capacity: 60% fits once per machine.
+    let half = unit_file(&tb, "half@.service", "MemoryMax=60%", "");
+    let out = flotctl(&n1, &["submit", &half]);
+    assert!(out.status.success(), "submit: {}", text(&out));
+    start(
+        &tb,
+        &["half@1.service", "half@2.service", "half@3.service"],
+        true,
+    );
+    let mut halves: Vec<String> = (1..=3)
+        .flat_map(|i| placement(&n1, &format!("half@{i}.service")).0)
+        .collect();
+    halves.sort();
+    assert_eq!(halves, ["node1", "node2", "node3"]);
+    start(&tb, &["half@4.service"], false);
+    wait_unschedulable(&tb, "half@4.service", "memory, largest free is");
+
+    // Rolling restarts, one machine at a time: of a global unit (machines in name order) and
+    // of a template (every started instance, in name order).
+    let steps: Vec<(String, String)> = ["node1", "node2", "node3"]
+        .iter()
+        .map(|m| ("global.service".to_owned(), (*m).to_owned()))
+        .collect();
+    rolling_restart(&tb, "global.service", &steps);
+    let steps: Vec<(String, String)> = (1..=3)
+        .map(|i| {
+            let unit = format!("web@{i}.service");
+            let on = placement(&n1, &unit).0.remove(0);
+            (unit, on)
+        })
+        .collect();
+    rolling_restart(&tb, "web@.service", &steps);
+    let out = flotctl(&n1, &["restart", "nowhere.service"]);
+    assert!(!out.status.success(), "restart of a unit that runs nowhere");
+
+    // The per-machine cap: fill every machine up to it; one more is refused with the reason.
+    let per = units_per_machine(&n1);
+    let used: usize = per.values().sum();
+    assert!(per.values().all(|&n| n <= CAP), "{per:?}");
+    let fill = unit_file(&tb, "fill@.service", "", "");
+    let out = flotctl(&n1, &["submit", &fill]);
+    assert!(out.status.success(), "submit: {}", text(&out));
+    let free = 3 * CAP - used;
+    let names: Vec<String> = (1..=free + 1)
+        .map(|i| format!("fill@{i}.service"))
+        .collect();
+    let args: Vec<&str> = names.iter().map(String::as_str).collect();
+    start(&tb, &args, false);
+    let last = &names[free];
+    wait_for(DEADLINE, "every machine at the cap", || {
+        let per = units_per_machine(&n1);
+        let active = systemd_units_active(&tb);
+        if per.values().all(|&n| n == CAP) && per.len() == 3 && active == 3 * CAP {
+            Ok(())
+        } else {
+            Err(Some(format!("{per:?}, {active} active")))
+        }
+    })
+    .unwrap();
+    let unplaced: Vec<&String> = names
+        .iter()
+        .filter(|n| placement(&n1, n).0.is_empty())
+        .collect();
+    assert_eq!(unplaced.len(), 1, "{unplaced:?}");
+    let reason = wait_unschedulable(&tb, unplaced[0], "");
+    assert_eq!(
+        reason,
+        format!("every candidate machine already runs the maximum of {CAP} units"),
+        "{last}"
+    );
+}
+
+/// How many units flotilla wrote are active in the machines' own systemd, all together.
+fn systemd_units_active(tb: &Testbed) -> usize {
+    tb.nodes()
+        .map(|n| {
+            let out = n
+                .stdout(&[
+                    "sh",
+                    "-c",
+                    "cd /run/systemd/system && grep -l '^# Managed by flotilla' *.service \
+                     | xargs -r systemctl is-active | grep -cx active || true",
+                ])
+                .unwrap_or_default();
+            out.trim().parse::<usize>().unwrap_or(0)
+        })
+        .sum()
+}
+
+/// `unit`'s (ActiveExitTimestampMonotonic, ActiveEnterTimestampMonotonic, MainPID) in the
+/// systemd of machine `on` (the machines share one kernel, so one monotonic clock).
+fn timestamps(tb: &Testbed, unit: &str, on: &str) -> (u64, u64, u64) {
+    let node = tb.node_named(on).unwrap();
+    let out = node
+        .stdout(&[
+            "systemctl",
+            "show",
+            "-p",
+            "ActiveExitTimestampMonotonic",
+            "-p",
+            "ActiveEnterTimestampMonotonic",
+            "-p",
+            "MainPID",
+            unit,
+        ])
+        .unwrap();
+    let value = |key: &str| -> u64 {
+        out.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {out}"))
+    };
+    (
+        value("ActiveExitTimestampMonotonic"),
+        value("ActiveEnterTimestampMonotonic"),
+        value("MainPID"),
+    )
+}
+
+/// `flotctl restart name`, then checks with systemd's own timestamps that every step (unit
+/// on machine, in `steps` order) was restarted, each only after the previous one was
+/// active again.
+fn rolling_restart(tb: &Testbed, name: &str, steps: &[(String, String)]) {
+    let before: Vec<(u64, u64, u64)> = steps
+        .iter()
+        .map(|(unit, on)| timestamps(tb, unit, on))
+        .collect();
+    let out = flotctl(&tb.node(1), &["restart", name]);
+    assert!(out.status.success(), "restart {name}: {}", text(&out));
+    let after = wait_for(DEADLINE, &format!("every step of {name} restarted"), || {
+        let now: Vec<(u64, u64, u64)> = steps
+            .iter()
+            .map(|(unit, on)| timestamps(tb, unit, on))
+            .collect();
+        let done = now
+            .iter()
+            .zip(&before)
+            .all(|(n, b)| n.1 > b.1 && n.2 != b.2 && n.2 != 0);
+        if done {
+            Ok(now)
+        } else {
+            Err(Some(format!("{now:?}")))
+        }
+    })
+    .unwrap();
+    for (i, ((unit, on), (exit, enter, _))) in steps.iter().zip(&after).enumerate() {
+        assert!(
+            *exit >= before[i].1 && exit <= enter,
+            "{unit} on {on}: stopped at {exit}, active again at {enter}"
+        );
+        if i > 0 {
+            let previous_active = after[i - 1].1;
+            assert!(
+                *exit >= previous_active,
+                "{unit} on {on} was stopped at {exit}, before {} on {} was active again at \
+                 {previous_active}: the restarts overlap",
+                steps[i - 1].0,
+                steps[i - 1].1
+            );
+        }
     }
 }

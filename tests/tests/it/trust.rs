@@ -1,0 +1,342 @@
+//! Authenticated peers and clients, end to end on loopback agents: a CA and certificates made by
+//! `flotctl ca` (checked with `openssl`), a cluster over peer mutual TLS that refuses a member
+//! from another CA, and an HTTPS client API with client certificates and tokens, driven by the
+//! real `etcdctl`, `curl` and `flotctl`.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use flotilla_tests::agents::{Cluster, Security, flotctl, flotctl_ca_issue};
+use flotilla_tests::testbed::wait_until;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("the command runs")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn ca_init(dir: &Path) {
+    let out = run(Command::new(flotctl().expect("flotctl builds"))
+        .args(["ca", "init"])
+        .arg(dir));
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+fn openssl_text(cert: &Path) -> String {
+    let out = run(Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(cert));
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `etcdctl` (v2) against `endpoints` with `tls` options.
+fn etcdctl(endpoints: &str, tls: &[&str], args: &[&str]) -> Output {
+    run(Command::new("etcdctl")
+        .env("ETCDCTL_API", "2")
+        .arg("--endpoints")
+        .arg(endpoints)
+        .args(tls)
+        .args(args))
+}
+
+#[test]
+fn flotctl_ca_makes_certificates_openssl_accepts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pki");
+    ca_init(&dir);
+    flotctl_ca_issue(&dir, "n1", &["--ip", "127.0.0.1", "--dns", "n1.example"]).unwrap();
+
+    let ca = openssl_text(&dir.join("ca.crt"));
+    assert!(ca.contains("CA:TRUE"), "{ca}");
+    assert!(ca.contains("Certificate Sign"), "{ca}");
+    assert!(ca.contains("ecdsa-with-SHA256"), "{ca}");
+    let leaf = openssl_text(&dir.join("n1.crt"));
+    for want in [
+        "Subject: O = flotilla, CN = n1",
+        "TLS Web Server Authentication",
+        "TLS Web Client Authentication",
+        "IP Address:127.0.0.1",
+        "DNS:n1.example",
+        "CA:FALSE",
+    ] {
+        assert!(leaf.contains(want), "{want} missing in:\n{leaf}");
+    }
+    let verify = run(Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(dir.join("ca.crt"))
+        .arg(dir.join("n1.crt")));
+    assert!(verify.status.success(), "{}", text(&verify));
+    for key in ["ca.key", "n1.key"] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.join(key)).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{key}");
+    }
+    // No overwriting without --force.
+    let again = run(Command::new(flotctl().unwrap())
+        .args(["ca", "init"])
+        .arg(&dir));
+    assert!(!again.status.success(), "{}", text(&again));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+}
+
+#[test]
+fn peers_over_mutual_tls_replicate_and_refuse_another_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca, other) = (tmp.path().join("ca"), tmp.path().join("other"));
+    ca_init(&ca);
+    ca_init(&other);
+    let security = Security {
+        peer_ca: Some(ca.clone()),
+        ..Security::default()
+    };
+    let mut cluster = Cluster::start_secure(3, "", security).expect("3 agents over mTLS start");
+    let a = cluster.agents();
+    let set = etcdctl(&a[0].client_url(), &[], &["set", "/message", "over tls"]);
+    assert!(set.status.success(), "{}", text(&set));
+    let url = a[2].client_url();
+    wait_until(DEADLINE, "the write replicated to n3", || {
+        let get = etcdctl(&url, &[], &["get", "/message"]);
+        String::from_utf8_lossy(&get.stdout).trim() == "over tls"
+    })
+    .expect("replicated over mutual TLS");
+
+    // The peer port speaks only mutual TLS: neither plain HTTP nor TLS without a certificate.
+    let peer = format!("{}:2380", a[0].ip());
+    let plain = run(Command::new("curl")
+        .args(["-sS", "-m", "5", "-X", "POST"])
+        .arg(format!("http://{peer}/cluster/heartbeat")));
+    assert!(!plain.status.success(), "{}", text(&plain));
+    let anonymous = run(Command::new("curl")
+        .args(["-sS", "-m", "5", "-X", "POST", "--cacert"])
+        .arg(ca.join("ca.crt"))
+        .arg(format!("https://{peer}/cluster/heartbeat")));
+    assert!(!anonymous.status.success(), "{}", text(&anonymous));
+
+    // A fourth agent that trusts the cluster CA but holds a certificate from another CA
+    // (an impostor: the CA certificate is public), and a fifth from another CA altogether,
+    // cannot join: the member refuses the first's certificate (alert UnknownCA), the second
+    // refuses the member's (UnknownIssuer).
+    let impostor = tmp.path().join("impostor");
+    std::fs::create_dir(&impostor).unwrap();
+    for f in ["ca.crt", "ca.key"] {
+        std::fs::copy(other.join(f), impostor.join(f)).unwrap();
+    }
+    let o = cluster.agents()[0].ip().octets();
+    let n4_ip = std::net::Ipv4Addr::new(o[0], o[1], o[2], o[3] + 3).to_string();
+    flotctl_ca_issue(&impostor, "n4", &["--ip", &n4_ip]).unwrap();
+    std::fs::copy(ca.join("ca.crt"), impostor.join("ca.crt")).unwrap();
+    let n4 = cluster
+        .spawn_joiner(&impostor)
+        .expect("the fourth agent starts");
+    let n5 = cluster
+        .spawn_joiner(&other)
+        .expect("the fifth agent starts");
+    for (rogue, refusal) in [(n4, "UnknownCA"), (n5, "UnknownIssuer")] {
+        wait_until(DEADLINE, "three refused join attempts", || {
+            cluster.agents()[rogue]
+                .log()
+                .matches("cannot join through this peer")
+                .count()
+                >= 3
+        })
+        .unwrap_or_else(|_| panic!("the joiner's log:\n{}", cluster.agents()[rogue].log()));
+        let log = cluster.agents()[rogue].log();
+        assert!(log.contains(refusal), "{log}");
+    }
+    // The member it knocked at refused it, and said so once per address, not once per attempt
+    // (the joiner and curl above both connect from 127.0.0.1).
+    let n1 = cluster.agents()[0].log();
+    let refusals: Vec<&str> = n1
+        .lines()
+        .filter(|l| l.contains("refused a TLS connection from"))
+        .collect();
+    assert_eq!(refusals.len(), 1, "{n1}");
+    assert!(refusals[0].contains("127.0.0.1"), "{n1}");
+    // The cluster is undisturbed: three members, and writes still commit.
+    let (code, members) = cluster.get(0, "/v2/members").expect("/v2/members answers");
+    assert_eq!(code, 200, "{members}");
+    assert_eq!(members.matches("\"name\"").count(), 3, "{members}");
+    let member_urls: Vec<String> = cluster.agents()[..3]
+        .iter()
+        .map(|a| a.client_url())
+        .collect();
+    let set = etcdctl(&member_urls.join(","), &[], &["set", "/after", "still"]);
+    assert!(set.status.success(), "{}", text(&set));
+    cluster.kill(n4);
+    cluster.kill(n5);
+}
+
+/// `flotctl ca token NAME --role ROLE --output json`: (token, the `[[api.users]]` table).
+fn token(name: &str, role: &str) -> (String, String) {
+    let out = run(Command::new(flotctl().unwrap())
+        .args(["ca", "token", name, "--role", role, "--output", "json"]));
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let token = v["token"].as_str().unwrap().to_string();
+    let table = format!(
+        "[[api.users]]\nname = \"{name}\"\nrole = \"{role}\"\ntoken_sha256 = \"{}\"\n",
+        v["token_sha256"].as_str().unwrap()
+    );
+    (token, table)
+}
+
+#[test]
+fn https_api_takes_certificates_and_tokens_with_roles() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca");
+    ca_init(&ca);
+    let (reader, reader_user) = token("reader", "read");
+    let (writer, writer_user) = token("writer", "write");
+    flotctl_ca_issue(&ca, "writer", &[]).unwrap();
+    let security = Security {
+        peer_ca: Some(ca.clone()),
+        api_ca: Some(ca.clone()),
+        api_extra: format!("{reader_user}{writer_user}"),
+        token: Some(reader.clone()),
+    };
+    let cluster = Cluster::start_secure(3, "", security).expect("3 secured agents start");
+    let endpoints = cluster.endpoints();
+    assert!(endpoints.starts_with("https://"), "{endpoints}");
+    let ca_file = ca.join("ca.crt").display().to_string();
+    let cert = ca.join("writer.crt").display().to_string();
+    let key = ca.join("writer.key").display().to_string();
+
+    // etcdctl with a client certificate (CN writer, the write role).
+    let with_cert = [
+        "--ca-file",
+        ca_file.as_str(),
+        "--cert-file",
+        cert.as_str(),
+        "--key-file",
+        key.as_str(),
+    ];
+    let set = etcdctl(&endpoints, &with_cert, &["set", "/secure", "yes"]);
+    assert!(set.status.success(), "{}", text(&set));
+    let get = etcdctl(&endpoints, &with_cert, &["get", "/secure"]);
+    assert_eq!(
+        String::from_utf8_lossy(&get.stdout).trim(),
+        "yes",
+        "{}",
+        text(&get)
+    );
+
+    // etcdctl with the read token (Basic auth): reads, and is refused a write.
+    let user = format!("reader:{reader}");
+    let with_token = ["--ca-file", ca_file.as_str(), "--username", user.as_str()];
+    let url = cluster.agents()[1].client_url();
+    wait_until(DEADLINE, "the write replicated to n2", || {
+        let get = etcdctl(&url, &with_token, &["get", "/secure"]);
+        String::from_utf8_lossy(&get.stdout).trim() == "yes"
+    })
+    .expect("a read token reads");
+    let refused = etcdctl(&endpoints, &with_token, &["set", "/secure", "no"]);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("read role"),
+        "{}",
+        text(&refused)
+    );
+
+    // curl: no credentials 401, the read token's write 403, both in etcd's error shape.
+    let curl = |extra: &[&str]| {
+        let out = run(Command::new("curl")
+            .args([
+                "-sS",
+                "-m",
+                "5",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+                "--cacert",
+            ])
+            .arg(&ca_file)
+            .args(extra)
+            .arg(format!("{url}/v2/keys/secure")));
+        let body = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = body.rsplit_once('\n').unwrap_or_default();
+        let body = format!("{body}{}", String::from_utf8_lossy(&out.stderr));
+        (code.trim().to_string(), body)
+    };
+    let (code, body) = curl(&[]);
+    assert_eq!(code, "401", "{body}");
+    assert!(body.contains("\"errorCode\":110"), "{body}");
+    let bearer = format!("Authorization: Bearer {reader}");
+    let (code, body) = curl(&["-H", &bearer, "-X", "PUT", "-d", "value=no"]);
+    assert_eq!(code, "403", "{body}");
+    assert!(body.contains("\"errorCode\":110"), "{body}");
+    let (code, body) = curl(&["-H", &bearer]);
+    assert_eq!(code, "200", "{body}");
+
+    // flotctl with --endpoint https://... --ca-file --token.
+    let flotctl_kv = |token: &str, args: &[&str]| {
+        run(Command::new(flotctl().unwrap())
+            .args([
+                "--endpoint",
+                &url,
+                "--ca-file",
+                &ca_file,
+                "--token",
+                token,
+                "kv",
+            ])
+            .args(args))
+    };
+    let set = flotctl_kv(&writer, &["set", "/from-flotctl", "hello"]);
+    assert!(set.status.success(), "{}", text(&set));
+    let get = flotctl_kv(&reader, &["get", "/from-flotctl"]);
+    assert!(get.status.success(), "{}", text(&get));
+    assert!(
+        String::from_utf8_lossy(&get.stdout).contains("hello"),
+        "{}",
+        text(&get)
+    );
+    let refused = flotctl_kv(&reader, &["set", "/from-flotctl", "nope"]);
+    assert!(!refused.status.success(), "{}", text(&refused));
+
+    // A unit's status is read on the machine that runs it: n1 asks n2 over the peer channel,
+    // which needs none of the client API's credentials.
+    let unit = tmp.path().join("everywhere.service");
+    std::fs::write(
+        &unit,
+        "[Service]\nExecStart=/bin/sleep infinity\n\n[X-Fleet]\nGlobal=true\n",
+    )
+    .unwrap();
+    let start = run(Command::new(flotctl().unwrap())
+        .args([
+            "--endpoint",
+            &url,
+            "--ca-file",
+            &ca_file,
+            "--token",
+            &writer,
+        ])
+        .args(["start", "--no-block"])
+        .arg(&unit));
+    assert!(start.status.success(), "{}", text(&start));
+    let n1 = cluster.agents()[0].client_url();
+    let n2 = cluster.agents()[1].name().to_owned();
+    let status_url = format!("{n1}/flotilla/v1/units/everywhere.service/status?machine={n2}");
+    let mut last = String::new();
+    wait_until(DEADLINE, "n1 answers n2's status of the unit", || {
+        let out = run(Command::new("curl")
+            .args(["-sS", "-m", "15", "--cacert", &ca_file, "-H", &bearer])
+            .arg(&status_url));
+        last = text(&out);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["machine"] == n2.as_str() && v.get("output").is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}: {last}"));
+}
