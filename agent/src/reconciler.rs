@@ -419,14 +419,19 @@ impl Reconciler {
             self.manager.reload().await?;
         }
 
-        // Jobs for what differs.
+        // Jobs for what differs (the states of every unit in one call).
+        let ready: Vec<&str> = wanted
+            .keys()
+            .filter(|n| !matches!(preps[n.as_str()], Prep::Waiting(_)))
+            .map(String::as_str)
+            .collect();
+        let before = self.unit_states(&ready).await?;
         for (name, want) in &wanted {
             if matches!(preps[name], Prep::Waiting(_)) {
                 continue;
             }
-            let status = self.manager.list_units_by_names(&[name.as_str()]).await?;
-            let active = status
-                .first()
+            let active = before
+                .get(name.as_str())
                 .map_or("inactive", |s| s.active_state.as_str())
                 .to_owned();
             let running = matches!(active.as_str(), "active" | "activating" | "reloading");
@@ -468,26 +473,44 @@ impl Reconciler {
             self.started_saved = self.started.clone();
         }
 
-        // Reports, only what changed.
+        // Reports, only what changed, in one command.
+        let after = self.unit_states(&ready).await?;
+        let mut reports = Vec::new();
+        let mut reads = Vec::new();
         for (name, want) in &wanted {
-            let state = match preps.remove(name) {
+            match preps.remove(name) {
                 Some(Prep::Waiting(mut state)) => {
                     state.since_ms = match &want.reported {
                         Some(r) if r.active == state.active => r.since_ms,
                         _ => crate::liveness::now_ms(),
                     };
                     state.restart_generation = self.restarted.get(name).copied().unwrap_or(0);
-                    state
+                    if want.reported.as_ref() != Some(&state) {
+                        reports.push((name.clone(), Some(state)));
+                    }
                 }
-                _ => self.read_state(name, want).await?,
-            };
+                _ => reads.push((name, want)),
+            }
+        }
+        let read = futures::future::join_all(
+            reads
+                .iter()
+                .map(|(name, want)| self.read_state(name, want, after.get(name.as_str()))),
+        )
+        .await;
+        for ((name, want), state) in reads.into_iter().zip(read) {
+            let state = state?;
+            if let Some(path) = after.get(name.as_str()).map(|s| s.unit_path.as_str()) {
+                self.paths.insert(name.clone(), path.to_owned());
+            }
             if want.reported.as_ref() != Some(&state) {
-                self.report(name, Some(state)).await?;
+                reports.push((name.clone(), Some(state)));
             }
         }
         for name in self.stale_reports(&wanted) {
-            self.report(&name, None).await?;
+            reports.push((name, None));
         }
+        self.report(reports).await?;
         lock(&self.watched).paths = self.paths.values().cloned().collect();
         Ok(())
     }
@@ -495,10 +518,10 @@ impl Reconciler {
     /// Whether `name` runs in an image, and if so whether that image is there: starts a pull
     /// when it is not (never waiting for it).
     async fn prepare(&mut self, name: &str, want: &Want) -> Prep {
-        let v = flotilla_units::verify(name, &want.text, &[]);
         let Some(reference) = image_of(name, &want.text) else {
             return Prep::Plain;
         };
+        let v = flotilla_units::verify(name, &want.text, &[]);
         let Some(images) = self.images.clone() else {
             return waiting_failed("this agent runs without an image store".into());
         };
@@ -613,13 +636,34 @@ impl Reconciler {
     }
 
     /// The unit's state as systemd has it now (uncached: a cache lags the signals).
-    async fn read_state(&mut self, name: &str, want: &Want) -> Result<Reported, Error> {
-        let status = self.manager.list_units_by_names(&[name]).await?;
-        let Some(s) = status.into_iter().next() else {
+    /// The states systemd holds of `names` (loading those not loaded yet), by name.
+    async fn unit_states(
+        &self,
+        names: &[&str],
+    ) -> Result<HashMap<String, flotilla_dbus::systemd1::UnitStatus>, Error> {
+        if names.is_empty() {
+            return Ok(HashMap::new());
+        }
+        Ok(self
+            .manager
+            .list_units_by_names(names)
+            .await?
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect())
+    }
+
+    /// The state to report of `name`, from systemd's `status` of it (read without a cache),
+    /// with its service's main PID and result.
+    async fn read_state(
+        &self,
+        name: &str,
+        want: &Want,
+        status: Option<&flotilla_dbus::systemd1::UnitStatus>,
+    ) -> Result<Reported, Error> {
+        let Some(s) = status else {
             return Ok(Reported::default());
         };
-        self.paths
-            .insert(name.to_owned(), s.unit_path.as_str().to_owned());
         let (main_pid, result) = if name.ends_with(".service") && s.load_state == "loaded" {
             let service = ServiceProxy::builder(&self.bus)
                 .path(s.unit_path.clone())
@@ -635,9 +679,9 @@ impl Reconciler {
             _ => crate::liveness::now_ms(),
         };
         Ok(Reported {
-            load: s.load_state,
-            active: s.active_state,
-            sub: s.sub_state,
+            load: s.load_state.clone(),
+            active: s.active_state.clone(),
+            sub: s.sub_state.clone(),
             since_ms,
             main_pid,
             result,
@@ -645,19 +689,24 @@ impl Reconciler {
         })
     }
 
-    async fn report(&self, name: &str, state: Option<Reported>) -> Result<(), Error> {
-        let cmd = Command::Unit(units::Change::ReportState {
+    /// Commits this machine's reports of a pass, in one command.
+    async fn report(&self, states: Vec<(String, Option<Reported>)>) -> Result<(), Error> {
+        let Some((first, _)) = states.first() else {
+            return Ok(());
+        };
+        let name = if states.len() == 1 {
+            first.clone()
+        } else {
+            format!("{first} and {} more", states.len() - 1)
+        };
+        let cmd = Command::Unit(units::Change::ReportStates {
             machine: self.me().to_owned(),
-            name: name.to_owned(),
-            state,
+            states,
         });
         self.cluster
             .propose(cmd)
             .await
-            .map_err(|source| Error::Report {
-                name: name.to_owned(),
-                source,
-            })?;
+            .map_err(|source| Error::Report { name, source })?;
         Ok(())
     }
 }
@@ -730,6 +779,10 @@ fn managed_files(dir: &Path) -> Result<Vec<String>, Error> {
 
 /// The image reference of a unit's `[X-Flotilla] Image=`, if it has a valid one.
 pub(crate) fn image_of(name: &str, text: &str) -> Option<String> {
+    // Most units have none: no need to parse them (every pass asks of every unit).
+    if !text.contains("Image") {
+        return None;
+    }
     let v = flotilla_units::verify(name, text, &[]);
     v.flotilla.image.as_ref()?;
     v.unit
