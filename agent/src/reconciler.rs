@@ -12,12 +12,13 @@
 //!    opening with [`MANAGED`] (a file without that line is never written nor removed), and
 //!    stops then removes the managed files of units that left this machine;
 //! 3. one `Reload` if any file changed;
-//! 4. `StartUnit` / `StopUnit` / `RestartUnit` (mode `replace`) for what differs from the
-//!    desired state (a running unit whose file is unchanged is left alone: after an agent
-//!    restart it is adopted as it is);
-//! 5. reads (load, active, sub, main pid, result) without a cache and proposes
-//!    `units::Change::ReportState` only for a unit whose state differs from the one the
-//!    cluster holds.
+//! 4. one `ListUnitsByNames` for every unit, then `StartUnit` / `StopUnit` / `RestartUnit`
+//!    (mode `replace`) for what differs from the desired state (a running unit whose file is
+//!    unchanged is left alone: after an agent restart it is adopted as it is; a launched unit
+//!    is started once per launch, see `started`);
+//! 5. one `ListUnitsByNames` again, the services' main PID and result read concurrently,
+//!    without a cache, and one `units::Change::ReportStates` with the units whose state differs
+//!    from the one the cluster holds.
 //!
 //! A unit with `[X-Flotilla] Image=REF` runs in that image. Its image is taken from the store,
 //! or else pulled in a task of its own (a pass never waits for a registry): meanwhile the unit
@@ -31,7 +32,8 @@
 //!
 //! # Current limitations
 //!
-//! - A pass runs every step for every assigned unit; fine for tens of units per machine.
+//! - A pass looks at every assigned unit (two `ListUnitsByNames` calls and two property reads
+//!   per service); units assigned while a pass runs wait for the next one.
 //! - Without a system bus (or as non-root) the reconciler logs once and does nothing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
