@@ -25,6 +25,8 @@ use crate::{Global, Output};
 struct UnitArg {
     name: String,
     file: Option<PathBuf>,
+    /// A path with a directory that is not a file (a unit name never has a `/`).
+    missing: Option<PathBuf>,
 }
 
 impl UnitArg {
@@ -37,12 +39,23 @@ impl UnitArg {
             .to_owned();
         // A path that exists is a file to submit; a bare name is a unit in the cluster.
         let file = path.is_file().then(|| path.to_path_buf());
-        Ok(UnitArg { name, file })
+        let missing = (file.is_none() && arg.contains('/')).then(|| path.to_path_buf());
+        Ok(UnitArg {
+            name,
+            file,
+            missing,
+        })
     }
 
     /// Submits the unit if it names a file (a different content is refused unless `replace`).
     async fn submit(&self, client: &Client, replace: bool) -> Result<()> {
         let Some(file) = &self.file else {
+            if let Some(path) = &self.missing {
+                let why = std::fs::metadata(path)
+                    .err()
+                    .map_or("not a file".to_owned(), |e| e.to_string());
+                bail!("cannot read {}: {why}", path.display());
+            }
             return Ok(());
         };
         let text = std::fs::read_to_string(file)
@@ -637,6 +650,9 @@ mod tests {
         let u = UnitArg::parse("/nonexistent/dir/hello.service").unwrap();
         assert_eq!(u.name, "hello.service");
         assert!(u.file.is_none());
+        // submitting it says the file is missing, not that the unit is unknown
+        assert!(u.missing.is_some());
+        assert!(UnitArg::parse("hello.service").unwrap().missing.is_none());
     }
 
     #[test]
