@@ -23,7 +23,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use flotilla_dbus::agent1::{
-    self, Error, Health, KeyNode, MachineRecord, MemberRecord, UnitFile, UnitOutput, UnitState,
+    self, Error, Health, ImageRecord, KeyNode, MachineRecord, MemberRecord, UnitFile, UnitOutput,
+    UnitState,
 };
 use flotilla_state::kv::{self, ErrorCode, Event, Node};
 use flotilla_state::machines::{Machine, Status};
@@ -37,6 +38,7 @@ use zbus::object_server::{InterfaceRef, SignalEmitter};
 use zbus::{Connection, OwnedVariant, interface};
 
 use crate::cluster::{self, Cluster, MemberInfo};
+use crate::images::Images;
 use crate::liveness::now_ms;
 use crate::raft::network::Peers;
 use crate::raft::{Member, id_hex};
@@ -57,6 +59,8 @@ pub(crate) struct Agent1 {
     machine_id: String,
     limits: kv::v2::Limits,
     watches: Watches,
+    /// This machine's image store (none: image methods answer Failed).
+    images: Option<Images>,
 }
 
 /// Connects to the system bus, serves `org.flotilla.Agent1` and requests its name, and spawns
@@ -64,6 +68,7 @@ pub(crate) struct Agent1 {
 /// so and the agent runs without the interface.
 pub(crate) async fn start(
     cluster: Cluster,
+    images: Option<Images>,
     machine_name: String,
     machine_id: String,
     cancel: CancellationToken,
@@ -76,6 +81,7 @@ pub(crate) async fn start(
         machine_id,
         limits: kv::v2::Limits::default(),
         watches: watches.clone(),
+        images,
     };
     // Subscribe before serving: no event applied after the first WatchKeys is missed.
     let events = cluster.hub().subscribe();
@@ -648,6 +654,88 @@ impl Agent1 {
         Ok((unit_output(out),))
     }
 
+    /// Every image of this machine's store.
+    #[zbus(out_args("images"))]
+    async fn list_images(&self) -> Result<(Vec<ImageRecord>,), Error> {
+        let list = self.images()?.list().await.map_err(image_error)?;
+        Ok((list.iter().map(image_record).collect(),))
+    }
+
+    /// Pulls an image into this machine's store (joining a pull of it under way), emitting
+    /// `ImagePullProgress` as its layers move on. Root and the `flotilla` group only.
+    #[zbus(out_args("image"))]
+    async fn pull_image(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+        reference: &str,
+    ) -> Result<(ImageRecord,), Error> {
+        authorize(conn, &header, "PullImage").await?;
+        let images = self.images()?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let progress: flotilla_images::ProgressFn = Arc::new(move |p| {
+            let _ = tx.send(p);
+        });
+        let emit = async |p: flotilla_images::Progress| {
+            let state = crate::images::layer_state_name(p.state);
+            let sent = Self::image_pull_progress(
+                &emitter,
+                reference,
+                p.digest.as_str(),
+                state,
+                p.done,
+                p.total,
+            )
+            .await;
+            if let Err(e) = sent {
+                tracing::debug!("ImagePullProgress: {e}, ignoring");
+            }
+        };
+        let pull = images.pull(reference, Some(progress));
+        tokio::pin!(pull);
+        let pulled = loop {
+            tokio::select! {
+                done = &mut pull => break done,
+                Some(p) = rx.recv() => emit(p).await,
+            }
+        };
+        while let Ok(p) = rx.try_recv() {
+            emit(p).await;
+        }
+        let image = pulled.map_err(image_error)?;
+        Ok((image_record(&image),))
+    }
+
+    /// Removes an image from this machine's store unless a unit here uses it. Root and the
+    /// `flotilla` group only.
+    #[zbus(out_args("image"))]
+    async fn remove_image(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        reference: &str,
+    ) -> Result<(ImageRecord,), Error> {
+        authorize(conn, &header, "RemoveImage").await?;
+        let image = self
+            .images()?
+            .remove_unused(&self.cluster, reference)
+            .await
+            .map_err(image_error)?;
+        Ok((image_record(&image),))
+    }
+
+    /// A layer of an image being pulled moved on.
+    #[zbus(signal)]
+    async fn image_pull_progress(
+        emitter: &SignalEmitter<'_>,
+        reference: &str,
+        layer: &str,
+        state: &str,
+        done: u64,
+        total: u64,
+    ) -> zbus::Result<()>;
+
     /// A change under a watched prefix: the key, etcd's action, the node after the change.
     #[zbus(signal)]
     async fn key_changed(
@@ -708,6 +796,13 @@ impl Agent1 {
 }
 
 impl Agent1 {
+    /// This machine's image store.
+    fn images(&self) -> Result<&Images, Error> {
+        self.images
+            .as_ref()
+            .ok_or_else(|| Error::Failed("this agent runs without an image store".into()))
+    }
+
     async fn transition(&self, name: &str, t: Transition) -> Result<bool, Error> {
         units::transition(&self.cluster, name, t)
             .await
@@ -978,6 +1073,34 @@ fn unit_output(o: units::Output) -> UnitOutput {
 }
 
 /// A unit operation's error as a named error; the message is the one the HTTP API gives.
+/// This machine's image store as a wire record.
+fn image_record(i: &flotilla_images::Image) -> ImageRecord {
+    let (repository, tag) = crate::images::repository_and_tag(&i.reference);
+    ImageRecord {
+        reference: i.reference.clone(),
+        repository: repository.to_owned(),
+        tag: tag.to_owned(),
+        digest: i.manifest.as_str().to_owned(),
+        config: i.config.as_str().to_owned(),
+        size: i.size,
+        pulled_ms: i.pulled_at,
+    }
+}
+
+fn image_error(e: crate::images::Error) -> Error {
+    use crate::images::Error as I;
+    let message = e.to_string();
+    match e {
+        I::NotFound(_) => Error::ImageNotFound(message),
+        I::InUse { .. } => Error::ImageInUse(message),
+        I::Pull(_) | I::Auth(_) => Error::PullFailed(message),
+        I::NoCommand(_) | I::CommandNotFound { .. } | I::UnknownUser { .. } => {
+            Error::InvalidArgument(message)
+        }
+        I::Store(_) | I::Lost(_) | I::Task(_) => Error::Failed(message),
+    }
+}
+
 fn unit_error(e: units::Error) -> Error {
     use flotilla_state::units::Error as R;
     let message = e.to_string();

@@ -61,6 +61,28 @@ pub(crate) const SANDBOX: &[(&str, &str)] = &[
     ("LockPersonality", "yes"),
 ];
 
+/// A reference's repository and tag, as `docker images` shows them (`<none>` for a digest).
+pub(crate) fn repository_and_tag(reference: &str) -> (&str, &str) {
+    let name = reference.split('@').next().unwrap_or(reference);
+    // The tag's colon comes after the last '/' (a registry's port is before it).
+    let slash = name.rfind('/').map_or(0, |s| s + 1);
+    match name[slash..].rfind(':') {
+        Some(c) => (&name[..slash + c], &name[slash + c + 1..]),
+        None => (name, "<none>"),
+    }
+}
+
+/// A layer state's name, as the HTTP API and the bus give it.
+pub(crate) fn layer_state_name(state: flotilla_images::LayerState) -> &'static str {
+    use flotilla_images::LayerState;
+    match state {
+        LayerState::Cached => "cached",
+        LayerState::Downloading => "downloading",
+        LayerState::Downloaded => "downloaded",
+        LayerState::Unpacked => "unpacked",
+    }
+}
+
 /// Why an image operation failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Error {
@@ -96,6 +118,18 @@ pub(crate) enum Error {
         image: String,
         /// The `User` value.
         user: String,
+    },
+    /// A unit assigned to this machine uses the image.
+    #[error(
+        "image {image} is used by {} on this machine: destroy or unload {} first",
+        units.join(", "),
+        if units.len() == 1 { "it" } else { "them" }
+    )]
+    InUse {
+        /// The image.
+        image: String,
+        /// The units that use it.
+        units: Vec<String>,
     },
     /// A pull task ended without an answer (it panicked).
     #[error("the pull of {0} ended without a result")]
@@ -284,6 +318,45 @@ impl Images {
         let inner = self.inner.clone();
         let name = name.to_owned();
         Ok(tokio::task::spawn_blocking(move || inner.store.remove(&name)).await??)
+    }
+
+    /// Removes the image `name` and what only it used, unless a unit assigned to this machine
+    /// (`cluster.me()`) uses it.
+    pub(crate) async fn remove_unused(
+        &self,
+        cluster: &crate::cluster::Cluster,
+        name: &str,
+    ) -> Result<Image, Error> {
+        let not_found = || Error::NotFound(name.to_owned());
+        let image = self.find(name).await?.ok_or_else(not_found)?;
+        let me = cluster.me().name.clone();
+        let wanted: Vec<(String, String)> = {
+            let a = cluster.applied();
+            a.state
+                .units
+                .assigned_to(&me)
+                .filter_map(|u| {
+                    crate::reconciler::image_of(&u.name, &u.text).map(|r| (u.name.clone(), r))
+                })
+                .collect()
+        };
+        let mut units = Vec::new();
+        for (unit, reference) in wanted {
+            if self
+                .find(&reference)
+                .await?
+                .is_some_and(|i| i.reference == image.reference)
+            {
+                units.push(unit);
+            }
+        }
+        if !units.is_empty() {
+            return Err(Error::InUse {
+                image: image.reference,
+                units,
+            });
+        }
+        self.remove(&image.reference).await?.ok_or_else(not_found)
     }
 
     /// How to run `image` with `command` (empty: the image's own; `None`: the caller has its

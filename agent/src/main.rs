@@ -300,6 +300,7 @@ async fn run(s: Settings, source: Source, logging: logging::Logging) -> Result<(
     // The D-Bus object is served and its name requested before READY=1 (sent by bootstrap).
     bus::start(
         cluster.clone(),
+        Some(images.clone()),
         s.name.clone(),
         machine_id(&s.name),
         cancel.clone(),

@@ -68,6 +68,8 @@ pub const MUTATING_METHODS: &[&str] = &[
     "UnloadUnit",
     "DestroyUnit",
     "RestartUnit",
+    "PullImage",
+    "RemoveImage",
 ];
 /// The most key prefixes one connection may watch at once.
 pub const MAX_WATCHES_PER_CONNECTION: usize = 64;
@@ -216,6 +218,26 @@ pub struct UnitOutput {
     pub exit_code: i32,
 }
 
+/// An image of this machine's store: `(ssssstt)`: the reference it was pulled by, repository,
+/// tag, manifest digest, config digest, size in bytes, when it was pulled (ms since the epoch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct ImageRecord {
+    /// The reference it was pulled by, normalized (`registry/name:tag`).
+    pub reference: String,
+    /// `registry/name`.
+    pub repository: String,
+    /// The tag (`<none>` for a digest reference).
+    pub tag: String,
+    /// The manifest's digest.
+    pub digest: String,
+    /// The config's digest (names the unpacked root file system).
+    pub config: String,
+    /// Bytes of its layers.
+    pub size: u64,
+    /// When it was pulled, in milliseconds since the epoch.
+    pub pulled_ms: u64,
+}
+
 /// The named errors the agent returns, `org.flotilla.Agent1.Error.<Variant>`, each with a message
 /// for a person.
 #[derive(Debug, zbus::DBusError)]
@@ -262,6 +284,12 @@ pub enum Error {
     MachineUnreachable(String),
     /// The calling connection watches too many prefixes.
     TooManyWatches(String),
+    /// No such image in this machine's store.
+    ImageNotFound(String),
+    /// A unit on this machine uses the image.
+    ImageInUse(String),
+    /// The pull failed (the registry's error, a refused digest...); the store is as it was.
+    PullFailed(String),
     /// Anything else.
     Failed(String),
 }
@@ -363,6 +391,30 @@ pub trait Agent1 {
     /// The last `lines` lines of the unit's journal, read on the machine that runs it.
     fn journal_lines(&self, name: &str, lines: u32) -> Result<UnitOutput, Error>;
 
+    /// Every image of this machine's store.
+    fn list_images(&self) -> Result<Vec<ImageRecord>, Error>;
+
+    /// Pulls an image into this machine's store (joining a pull of it already under way);
+    /// `ImagePullProgress` signals tell how its layers go. Root and the `flotilla` group only.
+    fn pull_image(&self, reference: &str) -> Result<ImageRecord, Error>;
+
+    /// Removes an image from this machine's store, unless a unit here uses it. Root and the
+    /// `flotilla` group only.
+    fn remove_image(&self, reference: &str) -> Result<ImageRecord, Error>;
+
+    /// A layer of an image being pulled moved on: the reference asked for, the layer's
+    /// digest, its state (`cached`, `downloading`, `downloaded`, `unpacked`), bytes done and
+    /// its size.
+    #[zbus(signal)]
+    fn image_pull_progress(
+        &self,
+        reference: &str,
+        layer: &str,
+        state: &str,
+        done: u64,
+        total: u64,
+    ) -> zbus::Result<()>;
+
     /// The state a machine reports for a unit changed (all three empty: the machine no longer
     /// has the unit).
     #[zbus(signal)]
@@ -415,6 +467,7 @@ mod tests {
         assert_eq!(UnitState::SIGNATURE.to_string(), "(ssssssssut)");
         assert_eq!(UnitFile::SIGNATURE.to_string(), "(ssssass)");
         assert_eq!(UnitOutput::SIGNATURE.to_string(), "(ssi)");
+        assert_eq!(ImageRecord::SIGNATURE.to_string(), "(ssssstt)");
     }
 
     #[test]

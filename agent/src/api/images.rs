@@ -19,12 +19,12 @@ use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use flotilla_images::{Image, LayerState, Progress};
+use flotilla_images::{Image, Progress};
 use serde::Deserialize;
 use serde_json::{Value, json as j};
 
 use super::{Api, json};
-use crate::images::{Error, Images};
+use crate::images::Error;
 
 /// The body of `POST /flotilla/v1/images/pull` and `.../service`.
 #[derive(Debug, Deserialize)]
@@ -48,6 +48,7 @@ fn no_store() -> Response {
 fn image_error(e: &Error) -> Response {
     let status = match e {
         Error::NotFound(_) => StatusCode::NOT_FOUND,
+        Error::InUse { .. } => StatusCode::CONFLICT,
         Error::NoCommand(_) | Error::CommandNotFound { .. } | Error::UnknownUser { .. } => {
             StatusCode::BAD_REQUEST
         }
@@ -61,13 +62,7 @@ fn image_error(e: &Error) -> Response {
 
 /// An image as the API shows it: `repository`, `tag` and `digest` as `docker images` does.
 pub(crate) fn view(i: &Image) -> Value {
-    let name = i.reference.split('@').next().unwrap_or(&i.reference);
-    // The tag's colon comes after the last '/' (a registry's port is before it).
-    let slash = name.rfind('/').map_or(0, |s| s + 1);
-    let (repository, tag) = match name[slash..].rfind(':') {
-        Some(c) => (&name[..slash + c], &name[slash + c + 1..]),
-        None => (name, "<none>"),
-    };
+    let (repository, tag) = crate::images::repository_and_tag(&i.reference);
     j!({
         "reference": i.reference,
         "repository": repository,
@@ -81,12 +76,7 @@ pub(crate) fn view(i: &Image) -> Value {
 }
 
 fn progress_line(p: &Progress) -> Value {
-    let state = match p.state {
-        LayerState::Cached => "cached",
-        LayerState::Downloading => "downloading",
-        LayerState::Downloaded => "downloaded",
-        LayerState::Unpacked => "unpacked",
-    };
+    let state = crate::images::layer_state_name(p.state);
     j!({ "layer": p.digest.as_str(), "state": state, "done": p.done, "total": p.total })
 }
 
@@ -146,33 +136,12 @@ pub(super) async fn remove(
     let Some(name) = q.get("image") else {
         return error(StatusCode::BAD_REQUEST, "give the image: ?image=REF");
     };
-    let image = match images.find(name).await {
-        Ok(Some(i)) => i,
-        Ok(None) => return image_error(&Error::NotFound(name.clone())),
-        Err(e) => return image_error(&e),
-    };
-    let users = match users_of(&api, images, &image).await {
-        Ok(u) => u,
-        Err(e) => return image_error(&e),
-    };
-    if !users.is_empty() {
-        return error(
-            StatusCode::CONFLICT,
-            &format!(
-                "image {} is used by {} on this machine: destroy or unload {} first",
-                image.reference,
-                users.join(", "),
-                if users.len() == 1 { "it" } else { "them" }
-            ),
-        );
-    }
-    match images.remove(&image.reference).await {
-        Ok(Some(i)) => json(
+    match images.remove_unused(&api.cluster, name).await {
+        Ok(i) => json(
             StatusCode::OK,
             HeaderMap::new(),
             &j!({ "removed": view(&i) }),
         ),
-        Ok(None) => image_error(&Error::NotFound(name.clone())),
         Err(e) => image_error(&e),
     }
 }
@@ -191,30 +160,4 @@ pub(super) async fn service(State(api): State<Api>, Json(req): Json<ImageRequest
         Ok(spec) => json(StatusCode::OK, HeaderMap::new(), &j!(spec)),
         Err(e) => image_error(&e),
     }
-}
-
-/// The units assigned to this machine whose `Image=` is `image`.
-async fn users_of(api: &Api, images: &Images, image: &Image) -> Result<Vec<String>, Error> {
-    let me = api.cluster.me().name.clone();
-    let wanted: Vec<(String, String)> = {
-        let a = api.cluster.applied();
-        a.state
-            .units
-            .assigned_to(&me)
-            .filter_map(|u| {
-                crate::reconciler::image_of(&u.name, &u.text).map(|r| (u.name.clone(), r))
-            })
-            .collect()
-    };
-    let mut users = Vec::new();
-    for (unit, reference) in wanted {
-        if images
-            .find(&reference)
-            .await?
-            .is_some_and(|i| i.reference == image.reference)
-        {
-            users.push(unit);
-        }
-    }
-    Ok(users)
 }

@@ -12,7 +12,7 @@ use flotilla_images::{Credentials, LayerState, Progress, PullError, PullOptions,
 use flotilla_tests::registry::{
     self, CuttingProxy, Entry, Format, ImageSpec, Layer, Registry, Scratch,
 };
-use flotilla_tests::testbed::{Options, Testbed, wait_until};
+use flotilla_tests::testbed::{Node, Options, Testbed, wait_until};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -803,6 +803,31 @@ fn runs_image_units_and_flotctl_run_on_the_testbed() {
         "{row:?}"
     );
 
+    // The same over D-Bus with busctl: a pull on another machine answers with the image, and
+    // its store lists it.
+    let n2 = tb.node(2);
+    let busctl = |node: &Node<'_>, args: &[&str]| {
+        let mut argv = vec![
+            "busctl",
+            "--system",
+            "--json=short",
+            "call",
+            "org.flotilla.Agent1",
+            "/org/flotilla/Agent1",
+            "org.flotilla.Agent1",
+        ];
+        argv.extend_from_slice(args);
+        node.exec(&argv).unwrap()
+    };
+    let out = busctl(&n2, &["PullImage", "s", &image]);
+    assert!(out.status.success(), "PullImage: {}", text(&out));
+    let pulled: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(pulled["data"][0][1], format!("{host}/busybox"), "{pulled}");
+    assert_eq!(pulled["data"][0][2], "v1", "{pulled}");
+    let out = busctl(&n2, &["ListImages"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["data"][0][0][3], pulled["data"][0][3], "{listed}");
+
     // flotctl run: the command's output on this terminal; the image's command by default.
     let out = flotctl(
         &n1,
@@ -928,6 +953,16 @@ fn runs_image_units_and_flotctl_run_on_the_testbed() {
     let runner = tb.node_named(&row[1]).unwrap();
     let out = flotctl(&runner, &["rmi", &image]);
     assert!(!out.status.success(), "rmi of an image in use went through");
+    assert!(
+        text(&out).contains("busybox-image.service"),
+        "{}",
+        text(&out)
+    );
+    let out = busctl(&runner, &["RemoveImage", "s", &image]);
+    assert!(
+        !out.status.success(),
+        "RemoveImage of an image in use went through"
+    );
     assert!(
         text(&out).contains("busybox-image.service"),
         "{}",
