@@ -67,7 +67,7 @@ pub(crate) fn now_ms() -> u64 {
 pub(crate) async fn send_heartbeats(
     cluster: Cluster,
     liveness: Liveness,
-    machine: Machine,
+    machine: tokio::sync::watch::Receiver<Machine>,
     interval: Duration,
     cancel: CancellationToken,
 ) {
@@ -79,8 +79,9 @@ pub(crate) async fn send_heartbeats(
             _ = tick.tick() => {}
         }
         let hb = Heartbeat {
-            machine: machine.clone(),
+            machine: machine.borrow().clone(),
         };
+        let name = hb.machine.name.clone();
         match cluster.leader() {
             Some(l) if l == cluster.id() => liveness.seen(hb),
             Some(l) => {
@@ -100,7 +101,7 @@ pub(crate) async fn send_heartbeats(
             }
             None => {}
         }
-        propose_capacity(&cluster, &machine.name, interval).await;
+        propose_capacity(&cluster, &name, interval).await;
     }
 }
 

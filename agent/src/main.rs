@@ -142,9 +142,10 @@ const MANUAL: &str = "\
 Signals:
   SIGTERM, SIGINT  A graceful stop: STOPPING=1; the client API stops accepting and its in-flight
                    requests finish (at most 5 s); then Raft shuts down. Exit status 0.
-  SIGHUP           Reload (systemctl reload flotillad): the config file is read again and checked;
-                   keys that changed are named and take effect on restart. The log filter is set
-                   again from the environment.
+  SIGHUP           Reload (systemctl reload flotillad): the config file is read again and checked.
+                   [machine] metadata applies at once (the next heartbeat carries it), and the
+                   log filter is set again from the environment; other keys that changed are
+                   named and take effect on restart.
 
 systemd:
   Run as Type=notify. READY=1 once the sockets are bound, the D-Bus name is owned and this member
@@ -352,10 +353,12 @@ async fn run(s: Settings, source: Source, logging: logging::Logging) -> Result<(
         status: Status::Up,
         since_ms: 0,
     };
+    // The record heartbeats carry; SIGHUP changes its metadata while the agent runs.
+    let (machine_tx, machine_rx) = tokio::sync::watch::channel(machine);
     tasks.spawn(liveness::send_heartbeats(
         cluster.clone(),
         liveness.clone(),
-        machine,
+        machine_rx,
         s.heartbeat_interval,
         cancel.clone(),
     ));
@@ -428,7 +431,7 @@ async fn run(s: Settings, source: Source, logging: logging::Logging) -> Result<(
             }
             _ = status_tick.tick() => shown.update(&s.name, &cluster),
             _ = hangup.recv() => {
-                reload(&source, &s, &logging);
+                reload(&source, &s, &logging, &machine_tx);
                 shown.line.clear();
                 shown.update(&s.name, &cluster);
                 notify::ready(&shown.line);
@@ -503,11 +506,17 @@ impl Shown {
     }
 }
 
-/// SIGHUP / `systemctl reload`: reads the config file again and checks it. Nothing in it can
-/// change while the agent runs yet (sockets, membership, timings are fixed at start): a valid
-/// file's changed keys are named as taking effect on restart; an invalid one is reported and
-/// the running settings kept. The log filter is set again from the environment.
-fn reload(source: &Source, running: &Settings, logging: &logging::Logging) {
+/// SIGHUP / `systemctl reload`: reads the config file again and checks it; an invalid one is
+/// reported and the running settings kept. Applied at once: `[machine] metadata` (the next
+/// heartbeat carries it; the leader commits it and the scheduler places by it) and the log
+/// filter (from the environment). Every other changed key is named as taking effect on
+/// restart (sockets, membership, timings, TLS are fixed at start).
+fn reload(
+    source: &Source,
+    running: &Settings,
+    logging: &logging::Logging,
+    machine: &tokio::sync::watch::Sender<Machine>,
+) {
     notify::reloading();
     let path = source.path.display();
     let new = match source.load() {
@@ -520,6 +529,19 @@ fn reload(source: &Source, running: &Settings, logging: &logging::Logging) {
     let (filter, from) = logging::configured_filter();
     if let Err(e) = logging.set_filter(&filter) {
         tracing::warn!("reload: {from}: {e}, keeping {:?}", logging.filter());
+    }
+    let metadata_changed = machine.send_if_modified(|m| {
+        if m.metadata == new.metadata {
+            return false;
+        }
+        m.metadata = new.metadata.clone();
+        true
+    });
+    if metadata_changed {
+        tracing::info!(
+            "reloaded {path}: machine.metadata is now {:?}",
+            new.metadata
+        );
     }
     let changed: Vec<&str> = [
         ("name", new.name != running.name),
@@ -559,7 +581,6 @@ fn reload(source: &Source, running: &Settings, logging: &logging::Logging) {
             "api.max_watchers_per_client",
             new.max_watchers_per_client != running.max_watchers_per_client,
         ),
-        ("machine.metadata", new.metadata != running.metadata),
         ("images", new.images != running.images),
         ("cluster.tls_*", new.peer_tls != running.peer_tls),
         ("api.tls_*", new.api_tls != running.api_tls),

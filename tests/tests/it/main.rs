@@ -7,6 +7,7 @@ mod images;
 mod kv;
 mod packaging;
 mod reconcile;
+mod reload;
 mod systemd1;
 mod testbed;
 mod trust;
