@@ -37,6 +37,13 @@ impl UnitArg {
             .and_then(|n| n.to_str())
             .with_context(|| format!("'{arg}' does not name a unit"))?
             .to_owned();
+        // A Quadlet file NAME.container is the service NAME.service.
+        let name = match name.strip_suffix(flotilla_units::quadlet::SUFFIX) {
+            Some(base) if flotilla_units::quadlet::is_container(&name) => {
+                format!("{base}.service")
+            }
+            _ => name,
+        };
         // A path that exists is a file to submit; a bare name is a unit in the cluster.
         let file = path.is_file().then(|| path.to_path_buf());
         let missing = (file.is_none() && arg.contains('/')).then(|| path.to_path_buf());
@@ -58,8 +65,34 @@ impl UnitArg {
             }
             return Ok(());
         };
-        let text = std::fs::read_to_string(file)
+        let mut text = std::fs::read_to_string(file)
             .with_context(|| format!("cannot read {}", file.display()))?;
+        let file_name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if flotilla_units::quadlet::is_container(file_name) {
+            let t = flotilla_units::quadlet::container_to_service(
+                &file.display().to_string(),
+                file_name,
+                &text,
+            );
+            for d in t.diagnostics.iter().filter(|d| !d.is_error()) {
+                eprintln!("{d}");
+            }
+            let errors: Vec<String> = t
+                .diagnostics
+                .iter()
+                .filter(|d| d.is_error())
+                .map(ToString::to_string)
+                .collect();
+            if !errors.is_empty() {
+                bail!(
+                    "{} cannot run as {}:\n{}",
+                    file.display(),
+                    t.name,
+                    errors.join("\n")
+                );
+            }
+            text = t.text;
+        }
         client.submit_unit(&self.name, &text, replace).await?;
         Ok(())
     }
@@ -653,6 +686,11 @@ mod tests {
         // submitting it says the file is missing, not that the unit is unknown
         assert!(u.missing.is_some());
         assert!(UnitArg::parse("hello.service").unwrap().missing.is_none());
+        // a Quadlet file is the service it becomes
+        assert_eq!(
+            UnitArg::parse("/nonexistent/web.container").unwrap().name,
+            "web.service"
+        );
     }
 
     #[test]

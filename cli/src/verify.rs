@@ -19,7 +19,8 @@ use crate::{Global, Output, unit_files};
 Examples:
   flotctl verify hello.service                 hello.service and hello.service.d/*.conf
   flotctl verify --no-dropins units/*.service
-  flotctl verify --output json web@.service")]
+  flotctl verify --output json web@.service
+  flotctl verify web.container                 a Podman Quadlet file, as the service it becomes")]
 pub(crate) struct Args {
     /// Unit files (the file name is the unit name) or drop-ins (*.conf)
     #[arg(required = true, value_name = "FILE")]
@@ -43,12 +44,31 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     for path in &args.files {
         let report = match unit_files::read(path, args.no_dropins) {
             Ok(files) => {
-                let verified = verify(&files.path, &files.text, &files.dropin_refs());
-                FileReport {
-                    file: files.path.clone(),
-                    unit: verified.name.as_ref().map(|n| n.to_string()),
-                    content_hash: Some(verified.unit.content_hash()),
-                    diagnostics: verified.diagnostics,
+                let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                if flotilla_units::quadlet::is_container(file_name) {
+                    // A Quadlet file: its translation's problems, then the service's.
+                    let t = flotilla_units::quadlet::container_to_service(
+                        &files.path,
+                        file_name,
+                        &files.text,
+                    );
+                    let verified = verify(&t.name, &t.text, &[]);
+                    let mut diagnostics = t.diagnostics;
+                    diagnostics.extend(verified.diagnostics);
+                    FileReport {
+                        file: files.path.clone(),
+                        unit: Some(t.name),
+                        content_hash: Some(verified.unit.content_hash()),
+                        diagnostics,
+                    }
+                } else {
+                    let verified = verify(&files.path, &files.text, &files.dropin_refs());
+                    FileReport {
+                        file: files.path.clone(),
+                        unit: verified.name.as_ref().map(|n| n.to_string()),
+                        content_hash: Some(verified.unit.content_hash()),
+                        diagnostics: verified.diagnostics,
+                    }
                 }
             }
             Err(e) => {

@@ -71,6 +71,7 @@ pub mod fleet;
 pub mod flotilla;
 mod keys;
 pub mod name;
+pub mod quadlet;
 pub mod specifier;
 pub mod syntax;
 pub mod unit;

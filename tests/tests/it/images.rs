@@ -949,6 +949,34 @@ fn runs_image_units_and_flotctl_run_on_the_testbed() {
     })
     .unwrap();
 
+    // A Podman Quadlet file: ticker.container runs as ticker.service in the image.
+    let quadlet = format!(
+        "[Unit]\nDescription=a quadlet container\n\n[Container]\nImage={image}\n\
+         Exec=/bin/sh -c \"while true; do echo quadlet-tick; /bin/busybox sleep 1; done\"\n\
+         PublishPort=8080:8080\n\n[Service]\nRestart=always\n"
+    );
+    write_in(&n1, "/tmp/ticker.container", &quadlet, false);
+    let out = flotctl(
+        &n1,
+        &["start", "--block-timeout", "90", "/tmp/ticker.container"],
+    );
+    assert!(out.status.success(), "start failed: {}", text(&out));
+    assert!(
+        text(&out).contains("PublishPort= means something to podman only"),
+        "{}",
+        text(&out)
+    );
+    flotilla_tests::testbed::wait_for(TESTBED_DEADLINE, "quadlet ticks in the journal", || {
+        let out = flotctl(&n1, &["journal", "-n", "5", "ticker.service"]);
+        let shown = text(&out);
+        if shown.contains("quadlet-tick") {
+            Ok(())
+        } else {
+            Err(Some(shown))
+        }
+    })
+    .unwrap();
+
     // rmi is refused where a unit uses the image, and goes through once none does.
     let runner = tb.node_named(&row[1]).unwrap();
     let out = flotctl(&runner, &["rmi", &image]);
@@ -1015,6 +1043,7 @@ fn runs_image_units_and_flotctl_run_on_the_testbed() {
         "busybox-image.service",
         "hello-image.service",
         "bad-image.service",
+        "ticker.service",
     ] {
         let out = flotctl(&n1, &["destroy", unit]);
         assert!(out.status.success(), "destroy failed: {}", text(&out));
@@ -1022,6 +1051,17 @@ fn runs_image_units_and_flotctl_run_on_the_testbed() {
     flotilla_tests::testbed::wait_for(TESTBED_DEADLINE, "rmi once no unit uses it", || {
         let out = flotctl(&runner, &["rmi", &image]);
         if out.status.success() {
+            Ok(())
+        } else {
+            Err(Some(text(&out)))
+        }
+    })
+    .unwrap();
+    // The broken image's unit may have run there too (placement is the scheduler's).
+    let bad = format!("{host}/bad:v1");
+    flotilla_tests::testbed::wait_for(TESTBED_DEADLINE, "rmi of the broken image", || {
+        let out = flotctl(&runner, &["rmi", &bad]);
+        if out.status.success() || text(&out).contains("is not in this machine's store") {
             Ok(())
         } else {
             Err(Some(text(&out)))
