@@ -648,7 +648,23 @@ impl Agent1 {
     /// runs it (this one if it does).
     #[zbus(out_args("journal"))]
     async fn journal_lines(&self, name: &str, lines: u32) -> Result<(UnitOutput,), Error> {
-        let out = units::journal(&self.cluster, name, lines, None)
+        let out = units::journal(&self.cluster, name, lines, None, None)
+            .await
+            .map_err(unit_error)?;
+        Ok((unit_output(out),))
+    }
+
+    /// Follows a unit's journal: the entries after `cursor` (empty: the last `lines`), read on
+    /// the machine that runs it; the output ends with journalctl's `-- cursor: C` line, the
+    /// cursor to ask from next.
+    #[zbus(out_args("journal"))]
+    async fn journal_after(
+        &self,
+        name: &str,
+        cursor: &str,
+        lines: u32,
+    ) -> Result<(UnitOutput,), Error> {
+        let out = units::journal(&self.cluster, name, lines, Some(cursor), None)
             .await
             .map_err(unit_error)?;
         Ok((unit_output(out),))

@@ -31,6 +31,8 @@ use crate::raft::network::path;
 const FORWARD_DEADLINE: Duration = Duration::from_secs(10);
 /// The most journal lines one request returns.
 pub(crate) const MAX_LINES: u32 = 10_000;
+/// [`MAX_LINES`] as journalctl's argument.
+const MAX_LINES_ARG: &str = "10000";
 
 /// Why a unit operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -306,26 +308,49 @@ pub(crate) async fn status(
 }
 
 /// The last `lines` lines (at most [`MAX_LINES`]) of `name`'s journal, read on the machine
-/// that runs it.
+/// that runs it. With `cursor` (following): only the entries after it (none: the last
+/// `lines`), and the output ends with journalctl's `-- cursor: C` line to ask again from.
 pub(crate) async fn journal(
     cluster: &Cluster,
     name: &str,
     lines: u32,
+    cursor: Option<&str>,
     machine: Option<&str>,
 ) -> Result<Output, Error> {
     let lines = lines.min(MAX_LINES);
     let n = lines.to_string();
-    let argv = ["journalctl", "-u", name, "-n", &n, "--no-pager"];
-    on_machine(cluster, name, machine, Some(lines), &argv).await
+    let mut argv = vec!["journalctl", "-u", name, "--no-pager"];
+    let after;
+    match cursor {
+        // Everything after the cursor (at most MAX_LINES), however much came meanwhile.
+        Some(c) if !c.is_empty() => {
+            after = format!("--after-cursor={c}");
+            argv.extend(["--show-cursor", &after, "-n", MAX_LINES_ARG]);
+        }
+        Some(_) => argv.extend(["--show-cursor", "-n", &n]),
+        None => argv.extend(["-n", &n]),
+    }
+    let query = JournalQuery {
+        lines,
+        cursor: cursor.map(str::to_owned),
+    };
+    on_machine(cluster, name, machine, Some(query), &argv).await
+}
+
+/// What a peer asks of a unit's journal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct JournalQuery {
+    lines: u32,
+    cursor: Option<String>,
 }
 
 /// Runs `argv` here when `name` runs on this machine, else asks the agent of the machine that
-/// runs it (for the journal's last `lines`, or the status).
+/// runs it (for the journal, or the status).
 async fn on_machine(
     cluster: &Cluster,
     name: &str,
     machine: Option<&str>,
-    lines: Option<u32>,
+    journal: Option<JournalQuery>,
     argv: &[&str],
 ) -> Result<Output, Error> {
     if let Err(e) = cluster.read_barrier().await {
@@ -336,7 +361,7 @@ async fn on_machine(
     if target == me {
         return run_here(&me, argv).await;
     }
-    forward(cluster, name, &target, lines).await
+    forward(cluster, name, &target, journal).await
 }
 
 /// The machine whose agent answers for `name`: `asked` if the unit is assigned there, this
@@ -390,7 +415,7 @@ async fn run_here(me: &str, argv: &[&str]) -> Result<Output, Error> {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct OutputRequest {
     name: String,
-    lines: Option<u32>,
+    journal: Option<JournalQuery>,
 }
 
 /// Why this machine refused an [`OutputRequest`]: the HTTP status the client API would
@@ -408,9 +433,9 @@ pub(crate) async fn output_for_peer(
     req: OutputRequest,
 ) -> Result<Output, Refusal> {
     let me = cluster.me().name.clone();
-    let done = match req.lines {
+    let done = match req.journal {
         None => status(cluster, &req.name, Some(&me)).await,
-        Some(lines) => journal(cluster, &req.name, lines, Some(&me)).await,
+        Some(q) => journal(cluster, &req.name, q.lines, q.cursor.as_deref(), Some(&me)).await,
     };
     done.map_err(|e| Refusal {
         status: match &e {
@@ -427,7 +452,7 @@ async fn forward(
     cluster: &Cluster,
     name: &str,
     machine: &str,
-    lines: Option<u32>,
+    journal: Option<JournalQuery>,
 ) -> Result<Output, Error> {
     let addr = cluster
         .members()
@@ -437,7 +462,7 @@ async fn forward(
         .ok_or_else(|| Error::NoPeer(machine.to_owned()))?;
     let req = OutputRequest {
         name: name.to_owned(),
-        lines,
+        journal,
     };
     let reply = cluster
         .peers()
@@ -468,6 +493,11 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn the_journal_limit_is_given_to_journalctl_as_is() {
+        assert_eq!(MAX_LINES_ARG, MAX_LINES.to_string());
     }
 
     #[test]

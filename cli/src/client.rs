@@ -652,6 +652,25 @@ impl Client {
         }
     }
 
+    /// A unit's journal entries after `cursor` (empty: the last `lines`), ending with the
+    /// `-- cursor: C` line to ask from next.
+    pub(crate) async fn journal_after(
+        &self,
+        name: &str,
+        cursor: &str,
+        lines: u32,
+    ) -> Result<UnitOutput, Error> {
+        match self {
+            Client::Bus(p) => Ok(p.journal_after(name, cursor, lines).await?),
+            Client::Http { http, .. } => {
+                let query =
+                    encode_pairs(&[("lines", lines.to_string()), ("cursor", cursor.to_owned())]);
+                let req = http.get(self.units_url(&format!("/{name}/journal?{query}")));
+                Ok(unit_output(&self.units_json(req).await?))
+            }
+        }
+    }
+
     /// A subscription to unit state changes, made before the changes a command waits for.
     pub(crate) async fn unit_changes(&self) -> Result<UnitChanges, Error> {
         match self {

@@ -625,7 +625,7 @@ pub(crate) mod status {
 pub(crate) mod journal {
     use super::*;
 
-    /// Show the journal of a unit, read on the machine that runs it (no --follow yet)
+    /// Show the journal of a unit, read on the machine that runs it
     #[derive(Debug, clap::Args)]
     pub(crate) struct Args {
         /// The unit name
@@ -633,14 +633,61 @@ pub(crate) mod journal {
         /// How many lines, newest last
         #[arg(long, short = 'n', default_value_t = 10)]
         lines: u32,
+        /// Keep printing new entries as they come (until interrupted)
+        #[arg(long, short = 'f')]
+        follow: bool,
     }
+
+    /// How often a follower asks for new entries.
+    const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
     pub(crate) fn run(global: &Global, args: Args) -> Result<ExitCode> {
         let name = UnitArg::parse(&args.unit)?.name;
-        let out = with_client(global, async |c| {
-            Ok(c.journal_lines(&name, args.lines).await?)
-        })?;
-        Ok(print_output(global, &out))
+        if !args.follow {
+            let out = with_client(global, async |c| {
+                Ok(c.journal_lines(&name, args.lines).await?)
+            })?;
+            return Ok(print_output(global, &out));
+        }
+        // Following: ask for what came after the last cursor, once a second (the journal is
+        // read on the unit's machine, which may change when the unit moves).
+        with_client(global, async |c| {
+            let mut cursor = String::new();
+            loop {
+                let out = c.journal_after(&name, &cursor, args.lines).await?;
+                let (text, next) = split_cursor(&out.output);
+                if global.output == Output::Json {
+                    for line in text.lines() {
+                        println!("{}", json!({ "machine": out.machine, "line": line }));
+                    }
+                } else {
+                    print!("{text}");
+                }
+                use std::io::Write as _;
+                let _ = std::io::stdout().flush();
+                if let Some(next) = next {
+                    cursor = next;
+                }
+                tokio::time::sleep(FOLLOW_EVERY).await;
+            }
+        })
+    }
+
+    /// journalctl's output without its trailing `-- cursor: C` line, and that cursor.
+    pub(super) fn split_cursor(output: &str) -> (String, Option<String>) {
+        let mut text = String::new();
+        let mut cursor = None;
+        for line in output.lines() {
+            match line.strip_prefix("-- cursor: ") {
+                Some(c) => cursor = Some(c.trim().to_owned()),
+                None if line == "-- No entries --" => {}
+                None => {
+                    text.push_str(line);
+                    text.push('\n');
+                }
+            }
+        }
+        (text, cursor)
     }
 }
 
@@ -676,6 +723,17 @@ mod tests {
         let stopped = [row("a", "loaded", "failed")];
         assert!(reached(&stopped, "hello.service", Ready::Loaded));
         assert!(reached(&rows, "other.service", Ready::Gone));
+    }
+
+    #[test]
+    fn a_followed_journal_loses_its_cursor_line() {
+        let (text, cursor) = journal::split_cursor("a\nb\n-- cursor: s=1;i=2\n");
+        assert_eq!(
+            (text.as_str(), cursor.as_deref()),
+            ("a\nb\n", Some("s=1;i=2"))
+        );
+        let (text, cursor) = journal::split_cursor("-- No entries --\n");
+        assert_eq!((text.as_str(), cursor), ("", None));
     }
 
     #[test]

@@ -391,6 +391,10 @@ pub trait Agent1 {
     /// The last `lines` lines of the unit's journal, read on the machine that runs it.
     fn journal_lines(&self, name: &str, lines: u32) -> Result<UnitOutput, Error>;
 
+    /// The unit's journal entries after `cursor` (empty: the last `lines`), read on the machine
+    /// that runs it; the output ends with a `-- cursor: C` line to ask from next.
+    fn journal_after(&self, name: &str, cursor: &str, lines: u32) -> Result<UnitOutput, Error>;
+
     /// Every image of this machine's store.
     fn list_images(&self) -> Result<Vec<ImageRecord>, Error>;
 

@@ -202,7 +202,7 @@ pub(super) async fn status(
     output(units::status(&api.cluster, &name, machine).await)
 }
 
-/// `GET /flotilla/v1/units/NAME/journal?lines=N`.
+/// `GET /flotilla/v1/units/NAME/journal?lines=N[&cursor=C]` (`cursor`, even empty: follow).
 pub(super) async fn journal(
     State(api): State<Api>,
     Path(name): Path<String>,
@@ -214,5 +214,6 @@ pub(super) async fn journal(
         Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "lines must be a number"),
     };
     let machine = q.get("machine").map(String::as_str);
-    output(units::journal(&api.cluster, &name, lines, machine).await)
+    let cursor = q.get("cursor").map(String::as_str);
+    output(units::journal(&api.cluster, &name, lines, cursor, machine).await)
 }

@@ -166,6 +166,48 @@ fn start_list_status_journal_move_and_destroy_a_unit_across_machines() {
     })
     .unwrap();
 
+    // journal -f: the last line, then new ones as they come, until it is stopped.
+    {
+        use std::io::BufRead as _;
+        let mut argv = vec![flotctl_path().to_str().unwrap().to_owned()];
+        argv.extend(["journal", "-f", "-n", "1", UNIT].map(String::from));
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let mut child = other
+            .command(&argv)
+            .unwrap()
+            .env_remove("FLOTCTL_ENDPOINT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        let followed = wait_for(DEADLINE, "journal -f to print new lines", || {
+            while let Ok(line) = rx.try_recv() {
+                seen.push(line);
+            }
+            if seen.iter().filter(|l| l.contains("Hello Fleet")).count() >= 4 {
+                Ok(())
+            } else {
+                Err(Some(seen.join("\n")))
+            }
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+        followed.unwrap();
+    }
+
     // An agent restart adopts the running unit: same main process, no restart.
     let runner = tb.node_named(&first).unwrap();
     let pid = || {
