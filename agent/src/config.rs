@@ -228,6 +228,9 @@ pub(crate) struct ImagesConfig {
     pub(crate) mirrors: BTreeMap<String, Vec<String>>,
     /// Layers downloaded at once per pull.
     pub(crate) max_concurrent_downloads: usize,
+    /// The most bytes an image's (compressed) layers may add up to; a larger one is refused
+    /// before anything is downloaded.
+    pub(crate) max_image_bytes: u64,
 }
 
 impl Default for ImagesConfig {
@@ -237,6 +240,7 @@ impl Default for ImagesConfig {
             auth_file: None,
             mirrors: BTreeMap::new(),
             max_concurrent_downloads: 4,
+            max_image_bytes: flotilla_images::DEFAULT_MAX_IMAGE_BYTES,
         }
     }
 }

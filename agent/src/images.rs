@@ -201,6 +201,7 @@ impl Images {
                 .collect(),
             credentials,
             max_concurrent_downloads: config.max_concurrent_downloads.max(1),
+            max_image_bytes: config.max_image_bytes,
             ..PullOptions::default()
         })
         .map_err(|e| Error::Pull(Arc::new(e)))?;

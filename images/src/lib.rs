@@ -65,7 +65,8 @@ pub use digest::{Digest, DigestError};
 pub use manifest::ImageConfig;
 pub use platform::Platform;
 pub use pull::{
-    LayerState, Progress, ProgressFn, PullError, PullOptions, Puller, normalize_reference,
+    DEFAULT_MAX_IMAGE_BYTES, LayerState, Progress, ProgressFn, PullError, PullOptions, Puller,
+    normalize_reference,
 };
 pub use store::{GcReport, Image, Store, StoreError};
 pub use unpack::UnpackError;

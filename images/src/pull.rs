@@ -26,6 +26,8 @@ use crate::unpack::{self, UnpackError};
 
 /// The largest manifest or config accepted, in bytes.
 const MAX_DOCUMENT: u64 = 4 << 20;
+/// The default of [`PullOptions::max_image_bytes`]: 16 GiB.
+pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 16 << 30;
 /// Progress is reported at most once per this many bytes of a layer.
 const PROGRESS_STEP: u64 = 1 << 20;
 
@@ -45,6 +47,9 @@ pub struct PullOptions {
     pub max_concurrent_downloads: usize,
     /// A registry that sends nothing for this long fails the pull.
     pub read_timeout: Duration,
+    /// The most bytes an image's layers may add up to (as its manifest gives them, compressed);
+    /// a larger image is refused before anything is downloaded.
+    pub max_image_bytes: u64,
 }
 
 impl Default for PullOptions {
@@ -56,6 +61,7 @@ impl Default for PullOptions {
             platform: Platform::host(),
             max_concurrent_downloads: 4,
             read_timeout: Duration::from_secs(60),
+            max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
         }
     }
 }
@@ -182,6 +188,18 @@ pub enum PullError {
         reference: String,
         /// Why.
         source: DigestError,
+    },
+    /// An image whose layers add up to more than [`PullOptions::max_image_bytes`].
+    #[error(
+        "pulling {reference}: its layers add up to {size} bytes, more than the {max} accepted ([images] max_image_bytes)"
+    )]
+    ImageTooLarge {
+        /// The image.
+        reference: String,
+        /// The sum of its layers' sizes.
+        size: u64,
+        /// The limit.
+        max: u64,
     },
     /// A manifest or config larger than accepted.
     #[error(
@@ -328,7 +346,20 @@ impl Puller {
                 r.set_mirror_registry(m.clone());
             }
             match self.resolve(r, &name).await {
-                Ok(resolved) => return self.fetch(store, &name, resolved, progress).await,
+                Ok(resolved) => {
+                    let size = resolved
+                        .layers
+                        .iter()
+                        .fold(0u64, |sum, (_, s)| sum.saturating_add(*s));
+                    if size > self.options.max_image_bytes {
+                        return Err(PullError::ImageTooLarge {
+                            reference: name,
+                            size,
+                            max: self.options.max_image_bytes,
+                        });
+                    }
+                    return self.fetch(store, &name, resolved, progress).await;
+                }
                 Err(e) if i < last => {
                     tracing::debug!("mirror {mirror:?} of {name} failed, trying the next: {e}");
                 }

@@ -498,6 +498,43 @@ fn reports_a_missing_image_clearly() {
     assert!(store.images().unwrap().is_empty());
 }
 
+#[test]
+fn refuses_an_image_larger_than_allowed_before_downloading_it() {
+    let registry = Registry::start().unwrap();
+    push(
+        &registry,
+        "busybox",
+        &[registry::busybox_image()],
+        Format::Oci,
+    );
+    let dir = Scratch::new("store").unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let reference = format!("{}/busybox:v1", registry.host());
+    let small = Puller::new(PullOptions {
+        insecure_registries: vec![registry.host()],
+        max_image_bytes: 1024,
+        ..PullOptions::default()
+    })
+    .unwrap();
+    let err = runtime()
+        .block_on(small.pull(&store, &reference, None))
+        .unwrap_err();
+    assert!(matches!(err, PullError::ImageTooLarge { .. }), "{err}");
+    assert!(
+        err.to_string().contains("more than the 1024 accepted"),
+        "{err}"
+    );
+    assert!(store.images().unwrap().is_empty());
+    // Nothing was downloaded: no blob in the store.
+    let blobs = dir.path().join("blobs/sha256");
+    let count = fs::read_dir(&blobs).map_or(0, |d| d.count());
+    assert_eq!(count, 0, "blobs were downloaded");
+    // The default lets it through.
+    runtime()
+        .block_on(puller(&registry).pull(&store, &reference, None))
+        .unwrap();
+}
+
 /// The unpacked busybox runs as a real systemd service with `RootDirectory=` in a machine.
 #[test]
 fn runs_the_unpacked_rootfs_under_systemd() {
