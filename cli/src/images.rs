@@ -354,7 +354,8 @@ pub(crate) mod rmi {
 pub(crate) mod run {
     use super::*;
 
-    /// Run a command in an image as a transient unit on this machine (like `docker run`)
+    /// Run a command in an image as a transient unit on this machine (like `docker run`), or
+    /// once on another machine with --machine
     #[derive(Debug, clap::Args)]
     #[command(trailing_var_arg = true)]
     pub(crate) struct Args {
@@ -370,6 +371,10 @@ pub(crate) mod run {
         /// The unit's name (default: chosen by systemd)
         #[arg(long, value_name = "UNIT")]
         pub(super) name: Option<String>,
+        /// Run it on this machine of the cluster instead (a oneshot unit placed there, its
+        /// journal printed once it ended, then destroyed; not with -i or -t)
+        #[arg(long, value_name = "MACHINE", conflicts_with_all = ["interactive", "tty"])]
+        pub(super) machine: Option<String>,
         /// The image: [HOST[:PORT]/]NAME[:TAG][@DIGEST]
         pub(super) image: String,
         /// The command and its arguments (default: the image's entrypoint and cmd)
@@ -378,6 +383,15 @@ pub(crate) mod run {
     }
 
     pub(crate) fn run(global: &Global, args: Args) -> Result<ExitCode> {
+        if let Some(machine) = &args.machine {
+            return crate::units::run_elsewhere(
+                global,
+                machine,
+                &args.image,
+                &args.command,
+                args.name.as_deref(),
+            );
+        }
         let spec = runtime()?.block_on(async {
             let http = Http::connect(global).await?;
             let show = if std::io::stderr().is_terminal() {
@@ -498,6 +512,7 @@ mod tests {
             interactive: false,
             tty: false,
             name: None,
+            machine: None,
             image: "busybox".into(),
             command: vec![],
         };

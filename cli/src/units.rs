@@ -691,6 +691,108 @@ pub(crate) mod journal {
     }
 }
 
+/// `flotctl run --machine MACHINE IMAGE [CMD...]`: runs the command once on another machine,
+/// as a oneshot image unit pinned there (`[X-Fleet] MachineID=`), prints its journal once it
+/// ended and destroys it. Exits 0 when the command succeeded.
+pub(crate) fn run_elsewhere(
+    global: &Global,
+    machine: &str,
+    image: &str,
+    command: &[String],
+    name: Option<&str>,
+) -> Result<ExitCode> {
+    with_client(global, async |c| {
+        let machines = c.list_machines().await?;
+        let Some(target) = machines.iter().find(|m| m.name == machine) else {
+            let known: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
+            bail!(
+                "no machine '{machine}' in the cluster (machines: {})",
+                known.join(", ")
+            );
+        };
+        let name = match name {
+            Some(n) => n.to_owned(),
+            None => format!("run-{:x}.service", run_id()),
+        };
+        let text = one_off_unit(image, command, &target.machine_id);
+        c.submit_unit(&name, &text, false).await?;
+        c.unit_verb(&name, Verb::Start).await?;
+        let mut changes = c.unit_changes().await?;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let ended = loop {
+            let row = c
+                .list_units()
+                .await?
+                .into_iter()
+                .find(|r| r.unit == name && r.machine == machine);
+            if let Some(r) = row
+                && (r.active == "failed" || (r.active == "active" && r.sub == "exited"))
+            {
+                break r;
+            }
+            if Instant::now() > deadline {
+                let _ = c.destroy_unit(&name).await;
+                bail!("{name} did not end on {machine} within 10 minutes; destroyed it");
+            }
+            changes.next(Duration::from_secs(1)).await;
+        };
+        let out = c.journal_lines(&name, MAX_RUN_LINES).await;
+        c.destroy_unit(&name).await?;
+        print!("{}", out?.output);
+        Ok(if ended.active == "active" {
+            ExitCode::SUCCESS
+        } else {
+            eprintln!("flotctl: {name} failed on {machine} ({})", ended.result);
+            ExitCode::FAILURE
+        })
+    })
+}
+
+/// The most journal lines `run --machine` prints.
+const MAX_RUN_LINES: u32 = 10_000;
+
+/// A name for a one-off unit: unique enough for one cluster (time and process).
+fn run_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 40)
+}
+
+/// The unit of a one-off run of `command` (empty: the image's own) in `image` on the machine
+/// `machine_id`: a oneshot that stays active once it succeeded, so its end is visible.
+fn one_off_unit(image: &str, command: &[String], machine_id: &str) -> String {
+    let mut text = format!(
+        "[Unit]\nDescription=flotctl run {image}\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\n"
+    );
+    if !command.is_empty() {
+        let words: Vec<String> = command.iter().map(|w| quote_word(w)).collect();
+        text.push_str(&format!("ExecStart={}\n", words.join(" ")));
+    }
+    text.push_str(&format!(
+        "\n[X-Fleet]\nMachineID={machine_id}\n\n[X-Flotilla]\nImage={image}\n"
+    ));
+    text
+}
+
+/// `word` as one word of a systemd command line: double-quoted, with `\`, `"`, `$` and `%`
+/// escaped (no variable or specifier expansion).
+fn quote_word(word: &str) -> String {
+    let mut out = String::from("\"");
+    for c in word.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '$' => out.push_str("$$"),
+            '%' => out.push_str("%%"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -723,6 +825,30 @@ mod tests {
         let stopped = [row("a", "loaded", "failed")];
         assert!(reached(&stopped, "hello.service", Ready::Loaded));
         assert!(reached(&rows, "other.service", Ready::Gone));
+    }
+
+    #[test]
+    fn a_one_off_unit_runs_the_command_word_for_word() {
+        let cmd: Vec<String> = ["/bin/sh", "-c", "echo \"$HOME\" 50% \\ done"]
+            .map(String::from)
+            .to_vec();
+        let text = one_off_unit("r:5000/busybox:v1", &cmd, "abc");
+        let v = flotilla_units::verify("run-1.service", &text, &[]);
+        assert!(
+            !flotilla_units::diagnostic::has_errors(&v.diagnostics),
+            "{:?}",
+            v.diagnostics
+        );
+        let exec = flotilla_units::exec::parse(v.unit.value("Service", "ExecStart").unwrap());
+        // Quotes and backslashes survive the command line; `$` and `%` are doubled for the
+        // expansions systemd does after splitting it.
+        assert_eq!(
+            exec.commands[0].argv,
+            ["/bin/sh", "-c", "echo \"$$HOME\" 50%% \\ done"],
+        );
+        assert!(text.contains("MachineID=abc\n") && text.contains("Image=r:5000/busybox:v1\n"));
+        // no command: the image's own
+        assert!(!one_off_unit("i", &[], "abc").contains("ExecStart"));
     }
 
     #[test]

@@ -892,6 +892,31 @@ fn runs_image_units_and_flotctl_run_on_the_testbed() {
         text(&out)
     );
 
+    // run --machine: once on the other machine, its journal printed, the unit gone after.
+    let out = flotctl(
+        &n1,
+        &[
+            "run",
+            "--machine",
+            "node2",
+            &image,
+            "/bin/sh",
+            "-c",
+            "echo remote-$(cat /etc/hostname 2>/dev/null || echo image)",
+        ],
+    );
+    assert!(out.status.success(), "run --machine failed: {}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(" node2 ")
+            && String::from_utf8_lossy(&out.stdout).contains("remote-"),
+        "{}",
+        text(&out)
+    );
+    let listed = flotctl(&n1, &["list-unit-files", "--no-legend"]);
+    assert!(!text(&listed).contains("run-"), "{}", text(&listed));
+    let failed = flotctl(&n1, &["run", "--machine", "node2", &image, "/bin/false"]);
+    assert!(!failed.status.success(), "{}", text(&failed));
+
     // -it: an interactive shell on a terminal (`script` gives flotctl one here).
     let flotctl_path = Options::default_agent().with_file_name("flotctl");
     let command = format!("{} run -it --rm {image} /bin/sh", flotctl_path.display());
