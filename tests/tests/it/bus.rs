@@ -122,7 +122,7 @@ fn flotctl(node: &Node<'_>, nobody: bool, args: &[&str]) -> Output {
 
 /// `busctl monitor` of everything to and from the agent on `node`: its JSON lines, and the
 /// process (killed by the caller).
-fn monitor(node: &Node<'_>) -> (std::process::Child, mpsc::Receiver<Value>) {
+pub(crate) fn monitor(node: &Node<'_>) -> (std::process::Child, mpsc::Receiver<Value>) {
     let mut child = node
         .command(&[
             "busctl",

@@ -856,8 +856,39 @@ fn runs_image_units_and_flotctl_run_on_the_testbed() {
         argv.extend_from_slice(args);
         node.exec(&argv).unwrap()
     };
+    // busctl monitor sees the pull's ImagePullProgress signals (once it sees a call, it is
+    // listening).
+    let (mut monitor, messages) = crate::bus::monitor(&n2);
+    let mut seen = Vec::new();
+    flotilla_tests::testbed::wait_for(TESTBED_DEADLINE, "busctl monitor to listen", || {
+        busctl(&n2, &["ListImages"]);
+        seen.extend(messages.try_iter());
+        if seen.iter().any(|m| m["member"] == "ListImages") {
+            Ok(())
+        } else {
+            Err(None)
+        }
+    })
+    .unwrap();
     let out = busctl(&n2, &["PullImage", "s", &image]);
     assert!(out.status.success(), "PullImage: {}", text(&out));
+    let progress = flotilla_tests::testbed::wait_for(TESTBED_DEADLINE, "ImagePullProgress", || {
+        seen.extend(messages.try_iter());
+        let states: Vec<String> = seen
+            .iter()
+            .filter(|m| m["member"] == "ImagePullProgress")
+            .map(|m| m["payload"]["data"][2].as_str().unwrap_or("").to_owned())
+            .collect();
+        if states.iter().any(|s| s == "unpacked") {
+            Ok(states)
+        } else {
+            Err(Some(format!("{states:?}")))
+        }
+    });
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    let states = progress.unwrap();
+    assert!(states.iter().any(|s| s == "downloading"), "{states:?}");
     let pulled: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(pulled["data"][0][1], format!("{host}/busybox"), "{pulled}");
     assert_eq!(pulled["data"][0][2], "v1", "{pulled}");
