@@ -1,7 +1,7 @@
-//! The image commands: `pull`, `images`, `rmi` and `run`, against the image store of the agent
-//! at `--endpoint` (default: the local agent, `http://127.0.0.1:2379`) through its HTTP API
-//! (`/flotilla/v1/images`; the D-Bus interface has no image methods yet). The connection is
-//! [`Client::connect`]'s (the same TLS trust as every command).
+//! The image commands: `pull`, `images`, `rmi` and `run`, against the image store of the local
+//! agent over D-Bus (`PullImage` with its `ImagePullProgress` signals, `ListImages`,
+//! `RemoveImage`), or of the agent at `--endpoint` through its HTTP API
+//! (`/flotilla/v1/images`), as [`Client::connect`] chooses for every command.
 //!
 //! `run` starts a transient unit on this machine with the real `systemd-run`, with the
 //! properties the agent gives (`/flotilla/v1/images/service`): the same root directory, sandbox,
@@ -26,6 +26,122 @@ const PULL_DEADLINE: Duration = Duration::from_secs(3600);
 const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 /// The local agent's HTTP API, when `--endpoint` is not given.
 const LOCAL_ENDPOINT: &str = "http://127.0.0.1:2379";
+
+/// Where the image commands go: the local agent's bus object, or an agent's HTTP API.
+enum Images {
+    Bus(flotilla_dbus::agent1::Agent1Proxy<'static>),
+    Http(Http),
+}
+
+impl Images {
+    async fn connect(global: &Global) -> Result<Images> {
+        Ok(match Client::connect(global).await? {
+            Client::Bus(p) => Images::Bus(p),
+            Client::Http { http, endpoint } => Images::Http(Http {
+                client: http,
+                endpoint,
+            }),
+        })
+    }
+
+    /// Every image of the store, in the HTTP API's JSON shape.
+    async fn list(&self) -> Result<Vec<Value>> {
+        match self {
+            Images::Bus(p) => Ok(p
+                .list_images()
+                .await
+                .map_err(crate::client::Error::from)?
+                .iter()
+                .map(record_json)
+                .collect()),
+            Images::Http(http) => {
+                let body = http
+                    .send(http.client.get(http.url("/flotilla/v1/images")))
+                    .await?;
+                Ok(body["images"].as_array().cloned().unwrap_or_default())
+            }
+        }
+    }
+
+    /// Pulls `image`, showing its layers' progress on `out`; the image as JSON.
+    async fn pull(&self, image: &str, show: Show, out: &mut impl Write) -> Result<Value> {
+        let p = match self {
+            Images::Http(http) => return pull_image(http, image, show, out).await,
+            Images::Bus(p) => p,
+        };
+        let mut signals = p
+            .receive_image_pull_progress()
+            .await
+            .context("cannot subscribe to ImagePullProgress")?;
+        let pull = p.pull_image(image);
+        tokio::pin!(pull);
+        let mut layers = Layers::default();
+        let mut update = |args: flotilla_dbus::agent1::ImagePullProgressArgs<'_>| -> Result<()> {
+            if args.reference() != &image {
+                return Ok(());
+            }
+            let line = json!({
+                "layer": args.layer(), "state": args.state(),
+                "done": args.done(), "total": args.total(),
+            });
+            layers
+                .update(out, show, &line)
+                .context("cannot write the progress")
+        };
+        let record = loop {
+            tokio::select! {
+                biased;
+                Some(signal) = futures::StreamExt::next(&mut signals) => {
+                    if let Ok(args) = signal.args() {
+                        update(args)?;
+                    }
+                }
+                done = &mut pull => break done.map_err(crate::client::Error::from)?,
+            }
+        };
+        // The signals sent before the reply, still queued.
+        while let Some(Some(signal)) =
+            futures::FutureExt::now_or_never(futures::StreamExt::next(&mut signals))
+        {
+            if let Ok(args) = signal.args() {
+                update(args)?;
+            }
+        }
+        Ok(record_json(&record))
+    }
+
+    /// Removes `image`; the API's `{"removed": ...}`.
+    async fn remove(&self, image: &str) -> Result<Value> {
+        match self {
+            Images::Bus(p) => {
+                let record = p
+                    .remove_image(image)
+                    .await
+                    .map_err(crate::client::Error::from)?;
+                Ok(json!({ "removed": record_json(&record) }))
+            }
+            Images::Http(http) => {
+                let req = http
+                    .client
+                    .delete(http.url(&format!("/flotilla/v1/images?image={}", encode(image))));
+                http.send(req).await
+            }
+        }
+    }
+}
+
+/// A bus `ImageRecord` in the HTTP API's JSON shape.
+fn record_json(r: &flotilla_dbus::agent1::ImageRecord) -> Value {
+    json!({
+        "reference": r.reference,
+        "repository": r.repository,
+        "tag": r.tag,
+        "digest": r.digest,
+        "config": r.config,
+        "size": r.size,
+        "pulledAt": r.pulled_ms,
+    })
+}
 
 /// An agent's HTTP API.
 struct Http {
@@ -258,8 +374,10 @@ pub(crate) mod pull {
 
     pub(crate) fn run(global: &Global, args: Args) -> Result<ExitCode> {
         let image = runtime()?.block_on(async {
-            let http = Http::connect(global).await?;
-            pull_image(&http, &args.image, show(global), &mut std::io::stdout()).await
+            let images = Images::connect(global).await?;
+            images
+                .pull(&args.image, show(global), &mut std::io::stdout())
+                .await
         })?;
         if global.output == Output::Json {
             println!("{image}");
@@ -289,12 +407,7 @@ pub(crate) mod list {
     }
 
     pub(crate) fn run(global: &Global, args: Args) -> Result<ExitCode> {
-        let body = runtime()?.block_on(async {
-            let http = Http::connect(global).await?;
-            http.send(http.client.get(http.url("/flotilla/v1/images")))
-                .await
-        })?;
-        let images = body["images"].as_array().cloned().unwrap_or_default();
+        let images = runtime()?.block_on(async { Images::connect(global).await?.list().await })?;
         let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
         let rows: Vec<_> = images
             .iter()
@@ -330,12 +443,9 @@ pub(crate) mod rmi {
 
     pub(crate) fn run(global: &Global, args: Args) -> Result<ExitCode> {
         runtime()?.block_on(async {
-            let http = Http::connect(global).await?;
+            let images = Images::connect(global).await?;
             for image in &args.images {
-                let req = http
-                    .client
-                    .delete(http.url(&format!("/flotilla/v1/images?image={}", encode(image))));
-                let body = http.send(req).await?;
+                let body = images.remove(image).await?;
                 if global.output == Output::Json {
                     println!("{body}");
                 } else {

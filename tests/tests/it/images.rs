@@ -830,6 +830,10 @@ fn runs_image_units_and_flotctl_run_on_the_testbed() {
         "{shown}"
     );
     let out = flotctl(&n1, &["images", "--no-legend"]);
+    // The same table over HTTP (--endpoint) as over D-Bus (the default).
+    let endpoint = format!("http://{}:2379", n1.addr());
+    let over_http = flotctl(&n1, &["--endpoint", &endpoint, "images", "--no-legend"]);
+    assert_eq!(text(&over_http), text(&out), "images over HTTP and D-Bus");
     let row: Vec<String> = text(&out)
         .split('\t')
         .map(|c| c.trim().to_owned())
