@@ -741,6 +741,23 @@ impl Agent1 {
         Ok((image_record(&image),))
     }
 
+    /// Removes every image no unit on this machine uses; the images removed. Root and the
+    /// `flotilla` group only.
+    #[zbus(out_args("removed"))]
+    async fn prune_images(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(Vec<ImageRecord>,), Error> {
+        authorize(conn, &header, "PruneImages").await?;
+        let removed = self
+            .images()?
+            .prune(&self.cluster)
+            .await
+            .map_err(image_error)?;
+        Ok((removed.iter().map(image_record).collect(),))
+    }
+
     /// A layer of an image being pulled moved on.
     #[zbus(signal)]
     async fn image_pull_progress(

@@ -360,6 +360,23 @@ impl Images {
         self.remove(&image.reference).await?.ok_or_else(not_found)
     }
 
+    /// Removes every image no unit assigned to this machine uses (and what only they used);
+    /// the images removed.
+    pub(crate) async fn prune(
+        &self,
+        cluster: &crate::cluster::Cluster,
+    ) -> Result<Vec<Image>, Error> {
+        let mut removed = Vec::new();
+        for image in self.list().await? {
+            match self.remove_unused(cluster, &image.reference).await {
+                Ok(i) => removed.push(i),
+                Err(Error::InUse { .. } | Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(removed)
+    }
+
     /// How to run `image` with `command` (empty: the image's own; `None`: the caller has its
     /// own, the spec's command is left empty).
     pub(crate) async fn service(

@@ -203,6 +203,13 @@ async fn run(s: Settings, source: Source, logging: logging::Logging) -> Result<(
     let dns_sockets = dns::Sockets::bind(&s.dns_listen)?;
     let dns_zone = dns::zone_config(&s.dns_domain, s.dns_ttl)?;
 
+    if (!s.api_users.is_empty() || s.api_tls.is_some()) && s.peer_tls.is_none() {
+        tracing::warn!(
+            "the client API asks for credentials but the peer port ({}) does not: whoever \
+             reaches it speaks Raft unauthenticated; set [cluster] tls_ca, tls_cert, tls_key",
+            s.listen_peer
+        );
+    }
     let id = node_id(&s.name);
     let me = Member {
         name: s.name.clone(),

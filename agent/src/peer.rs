@@ -57,7 +57,7 @@ pub(crate) async fn serve(
         .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
         .with_state(Peer { cluster, liveness });
     if let Some(tls) = tls {
-        let listener = match TlsListener::new(listener, tls, "peer server") {
+        let listener = match TlsListener::members_only(listener, tls, "peer server") {
             Ok(l) => l,
             Err(e) => return tracing::error!("peer server failed: {e}"),
         };

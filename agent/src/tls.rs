@@ -254,9 +254,34 @@ impl TlsListener {
         config: Arc<ServerConfig>,
         what: &'static str,
     ) -> std::io::Result<Self> {
+        Self::start(tcp, config, what, false)
+    }
+
+    /// As [`TlsListener::new`], admitting only members' certificates ([`MEMBER_OU`]): the
+    /// peer port's.
+    pub(crate) fn members_only(
+        tcp: TcpListener,
+        config: Arc<ServerConfig>,
+        what: &'static str,
+    ) -> std::io::Result<Self> {
+        Self::start(tcp, config, what, true)
+    }
+
+    fn start(
+        tcp: TcpListener,
+        config: Arc<ServerConfig>,
+        what: &'static str,
+        members_only: bool,
+    ) -> std::io::Result<Self> {
         let local = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
-        tokio::spawn(accept_loop(tcp, TlsAcceptor::from(config), tx, what));
+        tokio::spawn(accept_loop(
+            tcp,
+            TlsAcceptor::from(config),
+            tx,
+            what,
+            members_only,
+        ));
         Ok(TlsListener { local, ready })
     }
 }
@@ -266,6 +291,7 @@ async fn accept_loop(
     acceptor: TlsAcceptor,
     tx: mpsc::Sender<(TlsStream<TcpStream>, Remote)>,
     what: &'static str,
+    members_only: bool,
 ) {
     let refusals = Arc::new(Refusals::default());
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
@@ -304,12 +330,18 @@ async fn accept_loop(
                     return refusals.note(what, addr, &e);
                 }
             };
-            let user = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| common_name(c));
+            let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+            let user = cert.and_then(|c| common_name(c));
+            if members_only && !cert.is_some_and(|c| is_member(c)) {
+                let e = std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "the certificate of {} is not a member's (OU={MEMBER_OU}: flotctl ca issue --member)",
+                        user.as_deref().unwrap_or("an unnamed client")
+                    ),
+                );
+                return refusals.note(what, addr, &e);
+            }
             let _ = tx.send((tls, Remote { addr, user })).await;
         });
     }
@@ -367,9 +399,24 @@ impl Connected<IncomingStream<'_, PlainListener>> for Remote {
     }
 }
 
+/// The organizational unit of a member's certificate (`flotctl ca issue --member`): the peer
+/// port admits only certificates with it, so a client's certificate from the same CA cannot
+/// speak Raft.
+pub(crate) const MEMBER_OU: &str = "flotilla-member";
+
 /// The subject's common name of a DER certificate (the first CN; UTF8String, PrintableString
 /// or IA5String). The certificate was verified already: this only walks its structure.
 pub(crate) fn common_name(der: &[u8]) -> Option<String> {
+    subject_attribute(der, &[0x55, 0x04, 0x03])
+}
+
+/// Whether a DER certificate's subject has the organizational unit [`MEMBER_OU`].
+pub(crate) fn is_member(der: &[u8]) -> bool {
+    subject_attribute(der, &[0x55, 0x04, 0x0b]).as_deref() == Some(MEMBER_OU)
+}
+
+/// The first value of the subject attribute `oid` of a DER certificate, as text.
+fn subject_attribute(der: &[u8], wanted: &[u8]) -> Option<String> {
     let (_, cert, _) = element(der)?;
     let (_, mut tbs, _) = element(cert)?;
     // version [0] (optional), serialNumber, signature, issuer, validity, subject
@@ -391,10 +438,7 @@ pub(crate) fn common_name(der: &[u8]) -> Option<String> {
             set = rest;
             let (oid_tag, oid, value) = element(attribute)?;
             let (value_tag, value, _) = element(value)?;
-            if oid_tag == 0x06
-                && oid == [0x55, 0x04, 0x03]
-                && matches!(value_tag, 0x0c | 0x13 | 0x16)
-            {
+            if oid_tag == 0x06 && oid == wanted && matches!(value_tag, 0x0c | 0x13 | 0x16) {
                 return String::from_utf8(value.to_vec()).ok();
             }
         }

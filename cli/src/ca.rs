@@ -77,6 +77,10 @@ enum CaCommand {
         /// Overwrite an existing NAME.crt / NAME.key.
         #[arg(long)]
         force: bool,
+        /// A member's certificate (OU=flotilla-member): only those are let onto the peer port
+        /// (Raft); without it the certificate is a client's (the API only).
+        #[arg(long)]
+        member: bool,
     },
     /// Print a new random token for NAME and the [[api.users]] entry that accepts it (only its
     /// SHA-256 is stored in the config).
@@ -100,7 +104,8 @@ pub(crate) fn run(global: &crate::Global, args: Args) -> anyhow::Result<ExitCode
             dns,
             days,
             force,
-        } => issue(&dir, &name, &ips, &dns, days, force)?,
+            member,
+        } => issue(&dir, &name, &ips, &dns, days, force, member)?,
         CaCommand::Token { name, role } => token(global, &name, &role)?,
     }
     Ok(ExitCode::SUCCESS)
@@ -156,6 +161,9 @@ fn init(dir: &Path, days: u32, force: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The organizational unit of a member's certificate; the agent's peer port admits only those.
+const MEMBER_OU: &str = "flotilla-member";
+
 fn issue(
     dir: &Path,
     name: &str,
@@ -163,6 +171,7 @@ fn issue(
     dns: &[String],
     days: u32,
     force: bool,
+    member: bool,
 ) -> anyhow::Result<()> {
     if name.is_empty()
         || name == "ca"
@@ -208,6 +217,11 @@ fn issue(
     params
         .distinguished_name
         .push(DnType::OrganizationName, "flotilla");
+    if member {
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, MEMBER_OU);
+    }
     params.distinguished_name.push(DnType::CommonName, name);
     let mut names = dns.to_vec();
     if names.is_empty() && ips.is_empty() && name.contains(|c: char| c.is_ascii_alphabetic()) {
@@ -374,19 +388,20 @@ mod tests {
             &[],
             10,
             false,
+            true,
         )
         .unwrap();
-        let err = issue(dir.path(), "n1", &[], &[], 10, false)
+        let err = issue(dir.path(), "n1", &[], &[], 10, false, false)
             .unwrap_err()
             .to_string();
         assert!(err.contains("n1.crt") && err.contains("--force"), "{err}");
-        issue(dir.path(), "n1", &[], &[], 10, true).unwrap();
-        assert!(issue(dir.path(), "../x", &[], &[], 10, false).is_err());
+        issue(dir.path(), "n1", &[], &[], 10, true, false).unwrap();
+        assert!(issue(dir.path(), "../x", &[], &[], 10, false, false).is_err());
         // A CA certificate from another key is noticed.
         let other = tempfile::tempdir().unwrap();
         init(other.path(), 10, false).unwrap();
         fs::copy(other.path().join("ca.crt"), dir.path().join("ca.crt")).unwrap();
-        let err = issue(dir.path(), "n2", &[], &[], 10, false)
+        let err = issue(dir.path(), "n2", &[], &[], 10, false, false)
             .unwrap_err()
             .to_string();
         assert!(err.contains("do not belong together"), "{err}");

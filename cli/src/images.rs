@@ -110,6 +110,22 @@ impl Images {
         Ok(record_json(&record))
     }
 
+    /// Removes every image no unit on this machine uses; the API's `{"removed": [...]}`.
+    async fn prune(&self) -> Result<Value> {
+        match self {
+            Images::Bus(p) => {
+                let removed = p.prune_images().await.map_err(crate::client::Error::from)?;
+                Ok(json!({ "removed": removed.iter().map(record_json).collect::<Vec<_>>() }))
+            }
+            Images::Http(http) => {
+                let req = http
+                    .client
+                    .delete(http.url("/flotilla/v1/images?unused=true"));
+                http.send(req).await
+            }
+        }
+    }
+
     /// Removes `image`; the API's `{"removed": ...}`.
     async fn remove(&self, image: &str) -> Result<Value> {
         match self {
@@ -437,13 +453,27 @@ pub(crate) mod rmi {
     #[derive(Debug, clap::Args)]
     pub(crate) struct Args {
         /// Images: references, digests or digest prefixes
-        #[arg(required = true, value_name = "IMAGE")]
+        #[arg(required_unless_present = "unused", value_name = "IMAGE")]
         images: Vec<String>,
+        /// Remove every image no unit on this machine uses (garbage collection)
+        #[arg(long, conflicts_with = "images")]
+        unused: bool,
     }
 
     pub(crate) fn run(global: &Global, args: Args) -> Result<ExitCode> {
         runtime()?.block_on(async {
             let images = Images::connect(global).await?;
+            if args.unused {
+                let body = images.prune().await?;
+                if global.output == Output::Json {
+                    println!("{body}");
+                } else {
+                    for i in body["removed"].as_array().into_iter().flatten() {
+                        println!("Removed {}", i["reference"].as_str().unwrap_or("-"));
+                    }
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             for image in &args.images {
                 let body = images.remove(image).await?;
                 if global.output == Output::Json {

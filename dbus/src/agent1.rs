@@ -70,6 +70,7 @@ pub const MUTATING_METHODS: &[&str] = &[
     "RestartUnit",
     "PullImage",
     "RemoveImage",
+    "PruneImages",
 ];
 /// The most key prefixes one connection may watch at once.
 pub const MAX_WATCHES_PER_CONNECTION: usize = 64;
@@ -405,6 +406,10 @@ pub trait Agent1 {
     /// Removes an image from this machine's store, unless a unit here uses it. Root and the
     /// `flotilla` group only.
     fn remove_image(&self, reference: &str) -> Result<ImageRecord, Error>;
+
+    /// Removes every image no unit on this machine uses; the images removed. Root and the
+    /// `flotilla` group only.
+    fn prune_images(&self) -> Result<Vec<ImageRecord>, Error>;
 
     /// A layer of an image being pulled moved on: the reference asked for, the layer's
     /// digest, its state (`cached`, `downloading`, `downloaded`, `unpacked`), bytes done and

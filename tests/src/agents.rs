@@ -465,7 +465,7 @@ impl Drop for Cluster {
 fn tls_lines(dir: &Path, name: &str, ip: Ipv4Addr) -> Result<String, AgentsError> {
     let cert = dir.join(format!("{name}.crt"));
     if !cert.exists() {
-        flotctl_ca_issue(dir, name, &["--ip", &ip.to_string()])?;
+        flotctl_ca_issue(dir, name, &["--member", "--ip", &ip.to_string()])?;
     }
     Ok(format!(
         "tls_ca = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",

@@ -7,6 +7,7 @@
 //!   event, then `{"image": {...}}` or `{"error": "..."}` (the status is 200 once lines flow).
 //! - `DELETE /flotilla/v1/images?image=REF`: removes an image and what only it used; 409 while
 //!   a unit assigned to this machine uses it, 404 when there is no such image.
+//!   `?unused=true`: every image no unit assigned to this machine uses (`{"removed": [...]}`).
 //! - `POST /flotilla/v1/images/service` with `{"image": REF, "command"?: [...]}`: how systemd
 //!   runs that image here (`RootDirectory=`, the sandbox, environment, working directory,
 //!   user, the command resolved in the image), for `flotctl run`.
@@ -133,8 +134,21 @@ pub(super) async fn remove(
     let Some(images) = &api.images else {
         return no_store();
     };
+    if q.get("unused").is_some_and(|v| v == "true") {
+        return match images.prune(&api.cluster).await {
+            Ok(list) => json(
+                StatusCode::OK,
+                HeaderMap::new(),
+                &j!({ "removed": list.iter().map(view).collect::<Vec<_>>() }),
+            ),
+            Err(e) => image_error(&e),
+        };
+    }
     let Some(name) = q.get("image") else {
-        return error(StatusCode::BAD_REQUEST, "give the image: ?image=REF");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "give the image: ?image=REF (or ?unused=true for every image no unit here uses)",
+        );
     };
     match images.remove_unused(&api.cluster, name).await {
         Ok(i) => json(

@@ -123,6 +123,32 @@ fn peers_over_mutual_tls_replicate_and_refuse_another_ca() {
         .arg(ca.join("ca.crt"))
         .arg(format!("https://{peer}/cluster/heartbeat")));
     assert!(!anonymous.status.success(), "{}", text(&anonymous));
+    // A certificate from the cluster CA that is a client's, not a member's, gets no further
+    // than the handshake; a member's gets an answer.
+    flotctl_ca_issue(&ca, "reader", &[]).unwrap();
+    let with_cert = |name: &str| {
+        run(Command::new("curl")
+            .args([
+                "-sS",
+                "-m",
+                "5",
+                "-o",
+                "/dev/null",
+                "-X",
+                "POST",
+                "--cacert",
+            ])
+            .arg(ca.join("ca.crt"))
+            .arg("--cert")
+            .arg(ca.join(format!("{name}.crt")))
+            .arg("--key")
+            .arg(ca.join(format!("{name}.key")))
+            .arg(format!("https://{peer}/cluster/heartbeat")))
+    };
+    let client = with_cert("reader");
+    assert!(!client.status.success(), "{}", text(&client));
+    let member = with_cert(a[1].name());
+    assert!(member.status.success(), "{}", text(&member));
 
     // A fourth agent that trusts the cluster CA but holds a certificate from another CA
     // (an impostor: the CA certificate is public), and a fifth from another CA altogether,
