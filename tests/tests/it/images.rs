@@ -964,6 +964,28 @@ fn runs_image_units_and_flotctl_run_on_the_testbed() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Type only once the shell shows its prompt: what is typed earlier may reach the terminal
+    // before the shell reads it, and the end of input then ends the shell first.
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Read as _;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut shown = Vec::new();
+    let prompt = flotilla_tests::testbed::wait_for(TESTBED_DEADLINE, "the shell's prompt", || {
+        shown.extend(rx.try_iter().flatten());
+        if String::from_utf8_lossy(&shown).contains("# ") {
+            Ok(())
+        } else {
+            Err(Some(String::from_utf8_lossy(&shown).into_owned()))
+        }
+    });
     {
         use std::io::Write as _;
         let mut stdin = child.stdin.take().unwrap();
@@ -971,12 +993,19 @@ fn runs_image_units_and_flotctl_run_on_the_testbed() {
             .write_all(b"test -t 0 && echo typed-$((40 + 2)) on a tty; exit 7\n")
             .unwrap();
     }
-    let out = child.wait_with_output().unwrap();
+    let status = child.wait().unwrap();
+    prompt.unwrap();
+    // The reader ends with the output.
+    let deadline = std::time::Instant::now() + TESTBED_DEADLINE;
+    while let Ok(chunk) =
+        rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+    {
+        shown.extend(chunk);
+    }
+    let shown = String::from_utf8_lossy(&shown);
     assert!(
-        text(&out).contains("typed-42 on a tty") && out.status.code() == Some(7),
-        "{:?}: {}",
-        out.status,
-        text(&out)
+        shown.contains("typed-42 on a tty") && status.code() == Some(7),
+        "{status:?}: {shown}"
     );
 
     // A hello-world unit in the image, wherever the scheduler puts it; its output in the journal.
