@@ -227,6 +227,11 @@ struct Reconciler {
     started: BTreeMap<String, String>,
     /// What [`STARTED`] holds.
     started_saved: BTreeMap<String, String>,
+    /// A unit file changed since systemd last reloaded (kept across a pass that failed).
+    needs_reload: bool,
+    /// Units whose last job systemd refused, with why: reported as their result until a job
+    /// of theirs goes through.
+    refused: HashMap<String, String>,
     /// What the signals of systemd are filtered by (shared with the stream drains).
     watched: std::sync::Arc<std::sync::Mutex<Watched>>,
     /// The image service (none: units with `Image=` cannot run here).
@@ -289,6 +294,8 @@ impl Reconciler {
             restarted: HashMap::new(),
             started: load_started(),
             started_saved: load_started(),
+            needs_reload: false,
+            refused: HashMap::new(),
             watched: Default::default(),
             images,
             pulls: HashMap::new(),
@@ -339,9 +346,18 @@ impl Reconciler {
     }
 
     async fn pass(&mut self) -> Result<(), Error> {
+        let done = self.pass_inner().await;
+        // What was started is recorded even when the pass failed later on.
+        if self.started != self.started_saved {
+            save_started(&self.started)?;
+            self.started_saved = self.started.clone();
+        }
+        done
+    }
+
+    async fn pass_inner(&mut self) -> Result<(), Error> {
         let wanted = self.wanted();
         lock(&self.watched).names = wanted.keys().cloned().collect();
-        let mut reload = false;
         let mut rewritten = BTreeSet::new();
         let mut preps = HashMap::new();
         for (name, want) in &wanted {
@@ -370,17 +386,23 @@ impl Reconciler {
             if wanted.contains_key(&name) {
                 continue;
             }
-            if let Err(e) = self.manager.stop_unit(&name, Mode::Replace.as_str()).await {
-                tracing::debug!(unit = %name, "stop of a unit leaving this machine: {e}, ignoring");
+            match self.manager.stop_unit(&name, Mode::Replace.as_str()).await {
+                Ok(_) => {}
+                Err(e) if refused_as(&e, "org.freedesktop.systemd1.NoSuchUnit") => {}
+                // Its file stays until it is stopped: the next pass tries again.
+                Err(e) => {
+                    tracing::warn!(unit = %name, "cannot stop a unit leaving this machine: {e}; trying again on the next pass");
+                    continue;
+                }
             }
+            self.needs_reload = true;
+            remove_dropin(&self.dir, &name)?;
             let path = self.dir.join(&name);
             std::fs::remove_file(&path).map_err(|source| file_error(&path, source))?;
-            remove_dropin(&self.dir, &name)?;
             tracing::info!(unit = %name, "unit left this machine: stopped and removed");
             self.paths.remove(&name);
             self.restarted.remove(&name);
             self.started.remove(&name);
-            reload = true;
         }
 
         // Units assigned here: write what is missing or differs (only flotilla's files).
@@ -390,14 +412,14 @@ impl Reconciler {
                 Prep::Plain => {
                     if remove_dropin(&self.dir, name)? {
                         rewritten.insert(name.clone());
-                        reload = true;
+                        self.needs_reload = true;
                     }
                 }
                 Prep::Image(dropin) => {
                     let path = dropin_path(&self.dir, name);
                     if write_managed(&path, &format!("{MANAGED}{dropin}"))? {
                         rewritten.insert(name.clone());
-                        reload = true;
+                        self.needs_reload = true;
                     }
                 }
             }
@@ -413,12 +435,13 @@ impl Reconciler {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(file_error(&path, e)),
             }
+            self.needs_reload = true;
             write_file(&path, &content)?;
             rewritten.insert(name.clone());
-            reload = true;
         }
-        if reload {
+        if self.needs_reload {
             self.manager.reload().await?;
+            self.needs_reload = false;
         }
 
         // Jobs for what differs (the states of every unit in one call).
@@ -428,6 +451,7 @@ impl Reconciler {
             .map(String::as_str)
             .collect();
         let before = self.unit_states(&ready).await?;
+        self.refused.retain(|name, _| wanted.contains_key(name));
         for (name, want) in &wanted {
             if matches!(preps[name], Prep::Waiting(_)) {
                 continue;
@@ -444,26 +468,52 @@ impl Reconciler {
             });
             let mode = Mode::Replace.as_str();
             let print = fingerprint(want, &preps[name]);
-            let restart = rewritten.contains(name) || want.restart_generation > done;
-            match want.desired {
+            // A running unit started with other files (rewritten in a pass that failed before
+            // its restart) is restarted too.
+            let restart = rewritten.contains(name)
+                || want.restart_generation > done
+                || self.started.get(name).is_some_and(|p| *p != print);
+            // systemd refusing a job for one unit (a missing dependency, RefuseManualStart=,
+            // a masked unit) is that unit's failure, reported with it; the others go on.
+            let job = match want.desired {
                 Desired::Launched if !running => {
-                    if self.started.get(name) != Some(&print) || restart {
-                        self.manager.start_unit(name, mode).await?;
-                    }
+                    let job = if self.started.get(name) != Some(&print) || restart {
+                        self.manager.start_unit(name, mode).await.map(Some)
+                    } else {
+                        Ok(None)
+                    };
                     self.started.insert(name.clone(), print);
+                    job
                 }
                 Desired::Launched => {
-                    if restart {
-                        self.manager.restart_unit(name, mode).await?;
-                    }
+                    let job = if restart {
+                        self.manager.restart_unit(name, mode).await.map(Some)
+                    } else {
+                        Ok(None)
+                    };
                     self.started.insert(name.clone(), print);
+                    job
                 }
                 Desired::Loaded | Desired::Inactive => {
                     self.started.remove(name);
                     if running {
-                        self.manager.stop_unit(name, mode).await?;
+                        self.manager.stop_unit(name, mode).await.map(Some)
+                    } else {
+                        Ok(None)
                     }
                 }
+            };
+            match job {
+                Ok(None) => {}
+                Ok(Some(_)) => {
+                    self.refused.remove(name);
+                }
+                Err(zbus::Error::MethodError(error, detail, _)) => {
+                    let why = detail.unwrap_or_else(|| error.to_string());
+                    tracing::warn!(unit = %name, "systemd refused its job: {why}");
+                    self.refused.insert(name.clone(), why);
+                }
+                Err(e) => return Err(e.into()),
             }
             if want.restart_generation > done {
                 self.restarted.insert(name.clone(), want.restart_generation);
@@ -501,7 +551,10 @@ impl Reconciler {
         )
         .await;
         for ((name, want), state) in reads.into_iter().zip(read) {
-            let state = state?;
+            let mut state = state?;
+            if let Some(why) = self.refused.get(name.as_str()) {
+                state.result = format!("refused: {why}");
+            }
             if let Some(path) = after.get(name.as_str()).map(|s| s.unit_path.as_str()) {
                 self.paths.insert(name.clone(), path.to_owned());
             }
@@ -711,6 +764,11 @@ impl Reconciler {
             .map_err(|source| Error::Report { name, source })?;
         Ok(())
     }
+}
+
+/// Whether `e` is systemd's error `name` (e.g. `org.freedesktop.systemd1.NoSuchUnit`).
+fn refused_as(e: &zbus::Error, name: &str) -> bool {
+    matches!(e, zbus::Error::MethodError(n, _, _) if n.as_str() == name)
 }
 
 /// What a unit was started with: its file, its image drop-in and its restart generation.

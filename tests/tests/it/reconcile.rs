@@ -60,6 +60,38 @@ fn a_finished_oneshot_is_not_run_again_until_restarted() {
     }
     assert_eq!(runs(&n), 1, "the oneshot ran again on a reconcile pass");
 
+    // A job systemd refuses (RefuseManualStart=) is that unit's failure, reported with it;
+    // the reconciler goes on with the others.
+    write(
+        &n,
+        "/tmp/refused.service",
+        "[Unit]\nRefuseManualStart=yes\n\n[Service]\nExecStart=/bin/sleep infinity\n",
+    );
+    let out = flotctl(&n, &["start", "--no-block", "/tmp/refused.service"]);
+    assert!(out.status.success(), "{}", text(&out));
+    write(&n, "/tmp/sleeper8.service", SLEEPER);
+    start(&n, "/tmp/sleeper8.service");
+    wait_for(DEADLINE, "refused.service reported refused", || {
+        let out = flotctl(&n, &["--output", "json", "list-units"]);
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let refused = rows
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["unit"] == "refused.service")
+            .cloned()
+            .unwrap_or_default();
+        if refused["result"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("refused:"))
+        {
+            Ok(())
+        } else {
+            Err(Some(text(&out)))
+        }
+    })
+    .unwrap();
+
     // An agent restart adopts the units as they are: nothing runs again, nothing restarts.
     let main_pid = |name: &str| {
         n.stdout(&["systemctl", "show", "-P", "MainPID", name])
