@@ -1183,6 +1183,17 @@ fn runs_image_units_and_flotctl_run_on_the_testbed() {
         }
     })
     .unwrap();
+    // Garbage collection: rmi --unused on node2 removes every image no unit there uses.
+    flotilla_tests::testbed::wait_for(TESTBED_DEADLINE, "rmi --unused empties node2", || {
+        let out = flotctl(&n2, &["rmi", "--unused"]);
+        let left = flotctl(&n2, &["images", "--no-legend"]);
+        if out.status.success() && text(&left).trim().is_empty() {
+            Ok(())
+        } else {
+            Err(Some(format!("{}{}", text(&out), text(&left))))
+        }
+    })
+    .unwrap();
     // The broken image's unit may have run there too (placement is the scheduler's).
     let bad = format!("{host}/bad:v1");
     flotilla_tests::testbed::wait_for(TESTBED_DEADLINE, "rmi of the broken image", || {
