@@ -367,6 +367,7 @@ mod tests {
                 desired: Desired::Launched,
                 requirements: Default::default(),
                 restarts: BTreeMap::new(),
+                launch: 0,
             },
         );
         state

@@ -97,6 +97,8 @@ struct Want {
     text: String,
     desired: Desired,
     restart_generation: u64,
+    /// Which launch of the unit this is (`UnitRecord::launch`).
+    launch: u64,
     reported: Option<Reported>,
 }
 
@@ -229,6 +231,9 @@ struct Reconciler {
     started_saved: BTreeMap<String, String>,
     /// A unit file changed since systemd last reloaded (kept across a pass that failed).
     needs_reload: bool,
+    /// Units whose files were rewritten and that have not been (re)started with them yet
+    /// (kept across a pass that failed).
+    rewritten: BTreeSet<String>,
     /// Units whose last job systemd refused, with why: reported as their result until a job
     /// of theirs goes through.
     refused: HashMap<String, String>,
@@ -295,6 +300,7 @@ impl Reconciler {
             started: load_started(),
             started_saved: load_started(),
             needs_reload: false,
+            rewritten: BTreeSet::new(),
             refused: HashMap::new(),
             watched: Default::default(),
             images,
@@ -319,6 +325,7 @@ impl Reconciler {
                     text: u.text.clone(),
                     desired: u.desired,
                     restart_generation: u.restarts.get(&me).copied().unwrap_or(0),
+                    launch: u.launch,
                     reported: a
                         .state
                         .units
@@ -358,7 +365,6 @@ impl Reconciler {
     async fn pass_inner(&mut self) -> Result<(), Error> {
         let wanted = self.wanted();
         lock(&self.watched).names = wanted.keys().cloned().collect();
-        let mut rewritten = BTreeSet::new();
         let mut preps = HashMap::new();
         for (name, want) in &wanted {
             preps.insert(name.clone(), self.prepare(name, want).await);
@@ -411,14 +417,14 @@ impl Reconciler {
                 Prep::Waiting(_) => continue,
                 Prep::Plain => {
                     if remove_dropin(&self.dir, name)? {
-                        rewritten.insert(name.clone());
+                        self.rewritten.insert(name.clone());
                         self.needs_reload = true;
                     }
                 }
                 Prep::Image(dropin) => {
                     let path = dropin_path(&self.dir, name);
                     if write_managed(&path, &format!("{MANAGED}{dropin}"))? {
-                        rewritten.insert(name.clone());
+                        self.rewritten.insert(name.clone());
                         self.needs_reload = true;
                     }
                 }
@@ -437,7 +443,7 @@ impl Reconciler {
             }
             self.needs_reload = true;
             write_file(&path, &content)?;
-            rewritten.insert(name.clone());
+            self.rewritten.insert(name.clone());
         }
         if self.needs_reload {
             self.manager.reload().await?;
@@ -452,6 +458,7 @@ impl Reconciler {
             .collect();
         let before = self.unit_states(&ready).await?;
         self.refused.retain(|name, _| wanted.contains_key(name));
+        self.rewritten.retain(|name| wanted.contains_key(name));
         for (name, want) in &wanted {
             if matches!(preps[name], Prep::Waiting(_)) {
                 continue;
@@ -468,11 +475,8 @@ impl Reconciler {
             });
             let mode = Mode::Replace.as_str();
             let print = fingerprint(want, &preps[name]);
-            // A running unit started with other files (rewritten in a pass that failed before
-            // its restart) is restarted too.
-            let restart = rewritten.contains(name)
-                || want.restart_generation > done
-                || self.started.get(name).is_some_and(|p| *p != print);
+            // Rewritten in this pass, or in one that failed before its restart.
+            let restart = self.rewritten.contains(name) || want.restart_generation > done;
             // systemd refusing a job for one unit (a missing dependency, RefuseManualStart=,
             // a masked unit) is that unit's failure, reported with it; the others go on.
             let job = match want.desired {
@@ -503,6 +507,10 @@ impl Reconciler {
                     }
                 }
             };
+            // Done with its new files (or refused for good); a lost connection tries again.
+            if matches!(job, Ok(_) | Err(zbus::Error::MethodError(..))) {
+                self.rewritten.remove(name);
+            }
             match job {
                 Ok(None) => {}
                 Ok(Some(_)) => {
@@ -771,12 +779,14 @@ fn refused_as(e: &zbus::Error, name: &str) -> bool {
     matches!(e, zbus::Error::MethodError(n, _, _) if n.as_str() == name)
 }
 
-/// What a unit was started with: its file, its image drop-in and its restart generation.
+/// What a unit was started with: its file, its image drop-in, its restart generation and
+/// which launch it is.
 fn fingerprint(want: &Want, prep: &Prep) -> String {
     use sha2::Digest as _;
     let mut h = sha2::Sha256::new();
     h.update(want.text.as_bytes());
     h.update(want.restart_generation.to_le_bytes());
+    h.update(want.launch.to_le_bytes());
     if let Prep::Image(dropin) = prep {
         h.update(dropin.as_bytes());
     }

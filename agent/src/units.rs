@@ -537,6 +537,7 @@ mod tests {
                 desired: Desired::Launched,
                 requirements: Default::default(),
                 restarts: Default::default(),
+                launch: 0,
             },
         );
         u.assignments.insert(

@@ -288,6 +288,10 @@ pub struct UnitRecord {
     /// Per machine, how many restarts were requested: the machine's agent restarts the unit
     /// when this exceeds the generation it last restarted at.
     pub restarts: BTreeMap<String, u64>,
+    /// Which launch this is ([`Units::launches`] when it last became launched; 0: never):
+    /// a machine starts a unit once per launch, so a stop and a start, or a destroy and a new
+    /// start, run a finished unit again even when no machine saw it stopped.
+    pub launch: u64,
 }
 
 impl UnitRecord {
@@ -539,6 +543,8 @@ pub struct Units {
     /// nor restarts). The leader plans again only when it moved, so the stream of reports
     /// of a busy cluster does not cost a plan each.
     pub inputs: u64,
+    /// Counts the times any unit became launched (each launch's number, [`UnitRecord::launch`]).
+    pub launches: u64,
 }
 
 /// A unit file that passed verification.
@@ -902,6 +908,7 @@ impl Units {
                         desired: Desired::Inactive,
                         requirements: checked.requirements,
                         restarts: BTreeMap::new(),
+                        launch: 0,
                     },
                 );
                 Ok(true)
@@ -937,6 +944,12 @@ impl Units {
         if desired != Desired::Inactive && is_template(name) {
             return Err(template_error(name));
         }
+        let launch = if desired == Desired::Launched && current != Desired::Launched {
+            self.launches += 1;
+            Some(self.launches)
+        } else {
+            None
+        };
         if let Some(c) = created {
             self.by_name.insert(
                 name.to_owned(),
@@ -947,6 +960,7 @@ impl Units {
                     desired,
                     requirements: c.requirements,
                     restarts: BTreeMap::new(),
+                    launch: launch.unwrap_or(0),
                 },
             );
             return Ok(true);
@@ -956,6 +970,9 @@ impl Units {
             return Ok(false);
         }
         unit.desired = desired;
+        if let Some(l) = launch {
+            unit.launch = l;
+        }
         Ok(true)
     }
 

@@ -126,4 +126,12 @@ fn a_finished_oneshot_is_not_run_again_until_restarted() {
     write(&n, "/tmp/sleeper10.service", SLEEPER);
     start(&n, "/tmp/sleeper10.service");
     assert_eq!(runs(&n), 2, "the restarted oneshot ran more than once");
+
+    // A stop and a start (a new launch) run it again, even when they come too close together
+    // for the reconciler to see the unit stopped.
+    let out = flotctl(&n, &["stop", "--no-block", "once.service"]);
+    assert!(out.status.success(), "flotctl stop: {}", text(&out));
+    let out = flotctl(&n, &["start", "--no-block", "once.service"]);
+    assert!(out.status.success(), "flotctl start: {}", text(&out));
+    wait_ran(&n, 3);
 }
