@@ -351,17 +351,21 @@ fn every_launch_has_its_own_number() {
     let m = machines();
     let mut u = Units::default();
     let launch = |u: &Units| u.by_name["web.service"].launch;
-    u.apply(&submit("web.service", Some(WEB), false), &m).unwrap();
+    u.apply(&submit("web.service", Some(WEB), false), &m)
+        .unwrap();
     assert_eq!(launch(&u), 0, "submitted, never launched");
-    u.apply(&desired("web.service", Desired::Launched), &m).unwrap();
+    u.apply(&desired("web.service", Desired::Launched), &m)
+        .unwrap();
     assert_eq!(launch(&u), 1);
     // Launched again while launched: the same launch.
-    u.apply(&verb("web.service", Transition::Start), &m).unwrap();
+    u.apply(&verb("web.service", Transition::Start), &m)
+        .unwrap();
     assert_eq!(launch(&u), 1);
     // A stop and a start: a new launch, even if no machine saw the stop.
     u.apply(&verb("web.service", Transition::Stop), &m).unwrap();
     assert_eq!(launch(&u), 1);
-    u.apply(&verb("web.service", Transition::Start), &m).unwrap();
+    u.apply(&verb("web.service", Transition::Start), &m)
+        .unwrap();
     assert_eq!(launch(&u), 2);
     // Destroyed and started again with the same text: a new launch too.
     u.apply(
@@ -371,8 +375,10 @@ fn every_launch_has_its_own_number() {
         &m,
     )
     .unwrap();
-    u.apply(&submit("web.service", Some(WEB), false), &m).unwrap();
-    u.apply(&verb("web.service", Transition::Start), &m).unwrap();
+    u.apply(&submit("web.service", Some(WEB), false), &m)
+        .unwrap();
+    u.apply(&verb("web.service", Transition::Start), &m)
+        .unwrap();
     assert_eq!(launch(&u), 3);
 }
 
