@@ -63,6 +63,25 @@ fn mode(path: &Path) -> u32 {
     fs::symlink_metadata(path).unwrap().mode() & 0o7777
 }
 
+/// Waits until the last lines of `unit`'s journal, read through `flotctl journal` on `node`,
+/// contain `needle`.
+fn wait_journal(node: &Node<'_>, unit: &str, needle: &str) {
+    flotilla_tests::testbed::wait_for(
+        TESTBED_DEADLINE,
+        &format!("{needle} in the journal of {unit}"),
+        || {
+            let out = flotctl(node, &["journal", "-n", "5", unit]);
+            let shown = text(&out);
+            if shown.contains(needle) {
+                Ok(())
+            } else {
+                Err(Some(shown))
+            }
+        },
+    )
+    .unwrap();
+}
+
 /// The digest of layer `i` of the first image of the OCI layout at `layout`.
 fn layer_digest(layout: &Path, i: usize) -> String {
     let read = |p: PathBuf| -> serde_json::Value {
@@ -1064,16 +1083,7 @@ fn runs_image_units_and_flotctl_run_on_the_testbed() {
     let row = wait_unit(&n1, "busybox-image.service", |c| {
         c.get(2) == Some(&"active") && c.get(3) == Some(&"running")
     });
-    flotilla_tests::testbed::wait_for(TESTBED_DEADLINE, "ticks in the journal", || {
-        let out = flotctl(&n1, &["journal", "-n", "5", "busybox-image.service"]);
-        let shown = text(&out);
-        if shown.contains("tick") {
-            Ok(())
-        } else {
-            Err(Some(shown))
-        }
-    })
-    .unwrap();
+    wait_journal(&n1, "busybox-image.service", "tick");
 
     // A Podman Quadlet file: ticker.container runs as ticker.service in the image.
     let quadlet = format!(
@@ -1092,16 +1102,7 @@ fn runs_image_units_and_flotctl_run_on_the_testbed() {
         "{}",
         text(&out)
     );
-    flotilla_tests::testbed::wait_for(TESTBED_DEADLINE, "quadlet ticks in the journal", || {
-        let out = flotctl(&n1, &["journal", "-n", "5", "ticker.service"]);
-        let shown = text(&out);
-        if shown.contains("quadlet-tick") {
-            Ok(())
-        } else {
-            Err(Some(shown))
-        }
-    })
-    .unwrap();
+    wait_journal(&n1, "ticker.service", "quadlet-tick");
 
     // rmi is refused where a unit uses the image, and goes through once none does.
     let runner = tb.node_named(&row[1]).unwrap();
