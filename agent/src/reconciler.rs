@@ -727,24 +727,36 @@ impl Reconciler {
         let Some(s) = status else {
             return Ok(Reported::default());
         };
+        let (mut active, mut sub) = (s.active_state.clone(), s.sub_state.clone());
         let (main_pid, result) = if name.ends_with(".service") && s.load_state == "loaded" {
             let service = ServiceProxy::builder(&self.bus)
                 .path(s.unit_path.clone())
                 .cache_properties(CacheProperties::No)
                 .build()
                 .await?;
-            (service.main_pid().await?, service.result().await?)
+            let main_pid = service.main_pid().await?;
+            let result = service.result().await?;
+            // The state read after the main PID: "active" then means active with that process
+            // or a later one, never a stale "active" beside a process still starting.
+            let unit = flotilla_dbus::systemd1::UnitProxy::builder(&self.bus)
+                .path(s.unit_path.clone())
+                .cache_properties(CacheProperties::No)
+                .build()
+                .await?;
+            active = unit.active_state().await?;
+            sub = unit.sub_state().await?;
+            (main_pid, result)
         } else {
             (0, String::new())
         };
         let since_ms = match &want.reported {
-            Some(r) if r.active == s.active_state => r.since_ms,
+            Some(r) if r.active == active => r.since_ms,
             _ => crate::liveness::now_ms(),
         };
         Ok(Reported {
             load: s.load_state.clone(),
-            active: s.active_state.clone(),
-            sub: s.sub_state.clone(),
+            active,
+            sub,
             since_ms,
             main_pid,
             result,

@@ -846,7 +846,10 @@ impl Units {
                     self.rolling.remove(&key);
                     break;
                 }
-                if r.active == "active" && (from_pid == 0 || r.main_pid != from_pid) {
+                // Active again with a new main process (0: none yet, e.g. in ExecStartPre=).
+                if r.active == "active"
+                    && (from_pid == 0 || (r.main_pid != 0 && r.main_pid != from_pid))
+                {
                     self.next_step(&key);
                     continue;
                 }
