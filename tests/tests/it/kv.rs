@@ -285,8 +285,21 @@ fn members_join_and_leave_a_five_member_cluster() {
     let removed = etcdctl(&cluster.endpoints(), &["member", "remove", &victim]);
     assert!(removed.status.success(), "{}", transcript(&removed));
     cluster.kill(4);
-    let list = etcdctl(&cluster.endpoints(), &["member", "list"]);
-    assert!(!stdout(&list).contains("name=n5 "), "{}", transcript(&list));
+    // The member list is served by whichever member etcdctl asks, from what it applied: the
+    // removal shows everywhere once the others applied it.
+    wait_for(
+        Duration::from_secs(10),
+        "n5 gone from the member list",
+        || {
+            let list = etcdctl(&cluster.endpoints(), &["member", "list"]);
+            if list.status.success() && !stdout(&list).contains("name=n5 ") {
+                Ok(())
+            } else {
+                Err(Some(transcript(&list)))
+            }
+        },
+    )
+    .unwrap();
     let set = etcdctl(&cluster.endpoints(), &["set", "/m", "y"]);
     assert!(set.status.success(), "{}", transcript(&set));
 }
