@@ -632,6 +632,10 @@ fn a_rolling_restart_asks_one_machine_at_a_time_and_moves_on_by_itself() {
     u.apply(&reported("g.service", "n1", "activating", 0, 1), &m)
         .unwrap();
     assert_eq!(generations(&u), [g1("n1", 1)], "n2 waits for n1");
+    // "active" with no main process yet (a stale state beside ExecStartPre=): still waiting.
+    u.apply(&reported("g.service", "n1", "active", 0, 1), &m)
+        .unwrap();
+    assert_eq!(generations(&u), [g1("n1", 1)], "no new process yet");
     // Active again with a new process: the next machine's turn.
     u.apply(&reported("g.service", "n1", "active", 101, 1), &m)
         .unwrap();
