@@ -30,6 +30,11 @@ struct UnitArg {
 }
 
 impl UnitArg {
+    /// Every argument of a command, in order.
+    fn parse_all(args: &[String]) -> Result<Vec<UnitArg>> {
+        args.iter().map(|a| UnitArg::parse(a)).collect()
+    }
+
     fn parse(arg: &str) -> Result<UnitArg> {
         let path = Path::new(arg);
         let name = path
@@ -132,11 +137,7 @@ pub(crate) struct Change {
 
 /// Submits, then applies `verb` (if any) to every unit, then waits for `ready`.
 fn change(global: &Global, c: Change, verb: Option<Verb>, ready: Ready) -> Result<ExitCode> {
-    let units = c
-        .units
-        .iter()
-        .map(|u| UnitArg::parse(u))
-        .collect::<Result<Vec<_>>>()?;
+    let units = UnitArg::parse_all(&c.units)?;
     with_client(global, async |client| {
         // Subscribed before the changes, so no state change they cause is missed.
         let mut changes = client.unit_changes().await?;
@@ -340,11 +341,7 @@ pub(crate) mod destroy {
     }
 
     pub(crate) fn run(global: &Global, args: Args) -> Result<ExitCode> {
-        let units = args
-            .units
-            .iter()
-            .map(|u| UnitArg::parse(u))
-            .collect::<Result<Vec<_>>>()?;
+        let units = UnitArg::parse_all(&args.units)?;
         with_client(global, async |client| {
             for u in &units {
                 client.destroy_unit(&u.name).await?;
@@ -369,11 +366,7 @@ pub(crate) mod restart {
     }
 
     pub(crate) fn run(global: &Global, args: Args) -> Result<ExitCode> {
-        let units = args
-            .units
-            .iter()
-            .map(|u| UnitArg::parse(u))
-            .collect::<Result<Vec<_>>>()?;
+        let units = UnitArg::parse_all(&args.units)?;
         with_client(global, async |client| {
             for u in &units {
                 if client.restart_unit(&u.name).await? {
