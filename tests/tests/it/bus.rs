@@ -340,29 +340,7 @@ async fn busctl_introspects_calls_every_method_and_receives_key_changed() {
     let agent = Agent1Proxy::new(&bus).await.unwrap();
     let mut changes = agent.receive_key_changed().await.unwrap();
     agent.watch_keys("/watched").await.unwrap();
-    let mut monitor = n1
-        .command(&[
-            "busctl",
-            "--system",
-            "--json=short",
-            "monitor",
-            agent1::NAME,
-        ])
-        .unwrap()
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (lines_tx, lines) = mpsc::channel();
-    let stdout = monitor.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let (mut monitor, messages) = monitor(&n1);
     // busctl monitor may start after a write: write again until it sees one.
     let mut n = 0;
     let seen = wait_for(DEADLINE, "busctl monitor to receive KeyChanged", || {
@@ -382,15 +360,10 @@ async fn busctl_introspects_calls_every_method_and_receives_key_changed() {
             &["ssa{sv}", "/elsewhere", &value, "0"],
         )
         .map_err(Some)?;
-        while let Ok(line) = lines.try_recv() {
-            let Ok(msg) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if msg["member"] == "KeyChanged" {
-                return Ok(msg);
-            }
+        match messages.try_iter().find(|m| m["member"] == "KeyChanged") {
+            Some(msg) => Ok(msg),
+            None => Err(None),
         }
-        Err(None)
     })
     .unwrap();
     let _ = monitor.kill();
