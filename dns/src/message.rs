@@ -144,7 +144,10 @@ impl Zone {
         let mut encoder = BinEncoder::new(&mut bytes);
         encoder.set_max_size(max_size);
         match response.destructive_emit(&mut encoder) {
-            Ok(_) => Some(bytes),
+            // hickory echoes the question section as received: an answer that does not decode
+            // (a compression pointer that meant something else in the request) is never sent.
+            Ok(_) if hickory_proto::op::Message::from_vec(&bytes).is_ok() => Some(bytes),
+            Ok(_) => Some(format_error(&request.metadata)),
             Err(_) => Some(server_failure(&request.metadata)),
         }
     }
