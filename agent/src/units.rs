@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use flotilla_state::units::{Change, Desired, Reported, Transition, UnitRecord, Units};
+use flotilla_state::units::{Change, Desired, Reported, Then, Transition, UnitRecord, Units};
 use flotilla_state::{Command, Response, units};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -163,6 +163,24 @@ pub(crate) async fn submit(
         name: name.to_owned(),
         text: Some(text),
         replace,
+    };
+    propose(cluster, name, change).await
+}
+
+/// Submits a unit file and then sets its desired state or applies a verb, in one commit: both
+/// or neither.
+pub(crate) async fn submit_then(
+    cluster: &Cluster,
+    name: &str,
+    text: String,
+    replace: bool,
+    then: Then,
+) -> Result<bool, Error> {
+    let change = Change::SubmitThen {
+        name: name.to_owned(),
+        text: Some(text),
+        replace,
+        then,
     };
     propose(cluster, name, change).await
 }

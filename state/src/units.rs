@@ -74,6 +74,15 @@ impl FromStr for Desired {
     }
 }
 
+/// What follows a submission in [`Change::SubmitThen`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Then {
+    /// As [`Change::SetDesired`].
+    Desired(Desired),
+    /// As [`Change::Transition`].
+    Transition(Transition),
+}
+
 /// fleetctl's verbs that change a unit's desired state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Transition {
@@ -438,6 +447,20 @@ pub enum Change {
         /// The plan's changes, in order.
         changes: Vec<Change>,
     },
+    /// A [`Change::Submit`] and then a move of the same unit in one command, all or nothing:
+    /// `PUT /flotilla/v1/units/NAME` with a text and a desired state, fleet's `PUT` and
+    /// `flotctl start FILE` cost one commit instead of two. (Last in this enum, so the log
+    /// entries of earlier versions keep their meaning.)
+    SubmitThen {
+        /// The unit name.
+        name: String,
+        /// The unit file's text; `None`: from the template (instances only).
+        text: Option<String>,
+        /// Replace an existing unit of different content.
+        replace: bool,
+        /// What follows the submission.
+        then: Then,
+    },
 }
 
 /// Why a change to the registry was refused.
@@ -581,6 +604,11 @@ impl Units {
             Change::Transition {
                 name,
                 transition: Transition::Unload,
+            }
+            | Change::SubmitThen {
+                name,
+                then: Then::Desired(Desired::Inactive) | Then::Transition(Transition::Unload),
+                ..
             } => self.is_scheduled(name),
             _ => false,
         };
@@ -588,6 +616,7 @@ impl Units {
         if changed {
             let counts = match change {
                 Change::Submit { replace, .. } => *replace,
+                Change::SubmitThen { replace, .. } => *replace || leaving,
                 Change::SetDesired { .. } | Change::Transition { .. } => leaving,
                 Change::Destroy { .. }
                 | Change::Assign { .. }
@@ -708,6 +737,32 @@ impl Units {
             }),
             Change::RollingRestart { name } => self.rolling_restart_start(name),
             Change::Plan { base, changes } => self.apply_plan(*base, changes, machines),
+            Change::SubmitThen {
+                name,
+                text,
+                replace,
+                then,
+            } => {
+                let before = self.by_name.get(name).cloned();
+                let submitted = self.submit(name, text.as_deref(), *replace)?;
+                let moved = match then {
+                    Then::Desired(d) => self.set_desired(name, |_, _| Ok(*d)),
+                    Then::Transition(t) => {
+                        self.set_desired(name, |current, global| t.target(name, current, global))
+                    }
+                };
+                match moved {
+                    Ok(moved) => Ok(submitted || moved),
+                    // A refused move changed nothing: take the submission back.
+                    Err(e) => {
+                        match before {
+                            Some(record) => self.by_name.insert(name.clone(), record),
+                            None => self.by_name.remove(name),
+                        };
+                        Err(e)
+                    }
+                }
+            }
         }
     }
 
@@ -1068,6 +1123,7 @@ impl Change {
             Change::SetUnschedulable { .. } => "SetUnschedulable",
             Change::RollingRestart { .. } => "RollingRestart",
             Change::Plan { .. } => "Plan",
+            Change::SubmitThen { .. } => "SubmitThen",
         }
     }
 }

@@ -187,11 +187,14 @@ pub(super) async fn put(
         let a = api.cluster.applied();
         a.state.units.by_name.contains_key(&name)
     };
-    let mut created = false;
-    match body.options {
+    let created = match body.options {
+        // The submission and the desired state in one commit.
         Some(options) if !options.is_empty() => {
-            match crate::units::submit(&api.cluster, &name, text_of(&options), false).await {
-                Ok(changed) => created = changed && !exists,
+            let then = flotilla_state::units::Then::Desired(desired);
+            match crate::units::submit_then(&api.cluster, &name, text_of(&options), false, then)
+                .await
+            {
+                Ok(_) => !exists,
                 Err(e) => return op_error(&e),
             }
         }
@@ -201,11 +204,13 @@ pub(super) async fn put(
                 &format!("unit '{name}' does not exist: create it with options"),
             );
         }
-        _ => {}
-    }
-    if let Err(e) = crate::units::set_desired(&api.cluster, &name, desired).await {
-        return op_error(&e);
-    }
+        _ => {
+            if let Err(e) = crate::units::set_desired(&api.cluster, &name, desired).await {
+                return op_error(&e);
+            }
+            false
+        }
+    };
     if created {
         StatusCode::CREATED.into_response()
     } else {

@@ -19,7 +19,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use flotilla_state::units::{self as registry, Desired, Transition};
+use flotilla_state::units::{self as registry, Desired, Then, Transition};
 use serde::Deserialize;
 use serde_json::{Value, json as j};
 
@@ -121,47 +121,53 @@ pub(super) async fn put(
     Json(body): Json<Put>,
 ) -> Response {
     let cluster = &api.cluster;
-    let mut changed = false;
-    if let Some(text) = body.text {
-        match units::submit(cluster, &name, text, body.replace).await {
-            Ok(c) => changed |= c,
-            Err(e) => return unit_error(&e),
-        }
-    }
-    let done = match (body.desired, body.transition) {
+    // What follows the submission (if any): a desired state, a verb, or a rolling restart.
+    let mut restart = false;
+    let then = match (body.desired, body.transition) {
         (Some(d), _) => match d.parse::<Desired>() {
-            Ok(desired) => units::set_desired(cluster, &name, desired).await,
-            Err(e) => Err(Error::Unit(e)),
+            Ok(desired) => Some(Then::Desired(desired)),
+            Err(e) => return unit_error(&Error::Unit(e)),
         },
-        (None, Some(t)) => {
-            let transition = match t.as_str() {
-                "load" => Transition::Load,
-                "start" => Transition::Start,
-                "stop" => Transition::Stop,
-                "unload" => Transition::Unload,
-                "restart" => {
-                    let done = units::restart(cluster, &name).await;
-                    return match done {
-                        Ok(c) => json(
-                            StatusCode::OK,
-                            HeaderMap::new(),
-                            &j!({ "name": name, "changed": changed | c }),
-                        ),
-                        Err(e) => unit_error(&e),
-                    };
-                }
-                other => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        &format!(
-                            "unknown transition '{other}': expected load, start, stop, unload or restart"
-                        ),
-                    );
-                }
-            };
-            units::transition(cluster, &name, transition).await
+        (None, Some(t)) => match t.as_str() {
+            "load" => Some(Then::Transition(Transition::Load)),
+            "start" => Some(Then::Transition(Transition::Start)),
+            "stop" => Some(Then::Transition(Transition::Stop)),
+            "unload" => Some(Then::Transition(Transition::Unload)),
+            "restart" => {
+                restart = true;
+                None
+            }
+            other => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
+                        "unknown transition '{other}': expected load, start, stop, unload or restart"
+                    ),
+                );
+            }
+        },
+        (None, None) => None,
+    };
+    let mut changed = false;
+    let done = match (body.text, then) {
+        // One commit for both.
+        (Some(text), Some(then)) => {
+            units::submit_then(cluster, &name, text, body.replace, then).await
         }
-        (None, None) => Ok(false),
+        (text, then) => {
+            if let Some(text) = text {
+                match units::submit(cluster, &name, text, body.replace).await {
+                    Ok(c) => changed = c,
+                    Err(e) => return unit_error(&e),
+                }
+            }
+            match then {
+                Some(Then::Desired(desired)) => units::set_desired(cluster, &name, desired).await,
+                Some(Then::Transition(t)) => units::transition(cluster, &name, t).await,
+                None if restart => units::restart(cluster, &name).await,
+                None => Ok(false),
+            }
+        }
     };
     match done {
         Ok(c) => json(

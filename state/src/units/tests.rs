@@ -85,11 +85,60 @@ fn run(rows: &[(&str, Vec<(Change, Want)>)]) -> Units {
     last
 }
 
+fn submit_then(name: &str, text: &str, replace: bool, then: Then) -> Change {
+    Change::SubmitThen {
+        name: name.into(),
+        text: Some(text.into()),
+        replace,
+        then,
+    }
+}
+
 #[test]
 fn transitions() {
     use Transition::*;
     use Want::*;
     run(&[
+        (
+            "submit-then submits and moves in one change, and is idempotent",
+            vec![
+                (
+                    submit_then("web.service", WEB, false, Then::Transition(Start)),
+                    Changed,
+                ),
+                (
+                    submit_then("web.service", WEB, false, Then::Desired(Desired::Launched)),
+                    Same,
+                ),
+                (verb("web.service", Start), Same),
+                (
+                    submit_then("web.service", WEB2, true, Then::Desired(Desired::Launched)),
+                    Changed,
+                ),
+            ],
+        ),
+        (
+            "submit-then is refused whole when its move is refused",
+            vec![
+                (
+                    submit_then("new.service", WEB, false, Then::Transition(Stop)),
+                    Err("new.service"),
+                ),
+                (submit("web.service", Some(WEB), false), Changed),
+                (
+                    submit_then("web.service", WEB2, true, Then::Transition(Stop)),
+                    Err("web.service"),
+                ),
+                (
+                    submit_then("app@.service", TEMPLATE, false, Then::Transition(Start)),
+                    Err("app@.service"),
+                ),
+                (
+                    submit_then("web.service", WEB2, false, Then::Transition(Start)),
+                    Err("already exists with different content"),
+                ),
+            ],
+        ),
         (
             "submit twice with the same content is no change",
             vec![
