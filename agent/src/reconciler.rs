@@ -5,20 +5,29 @@
 //!
 //! One task. It wakes when units or machines changed (the watch hub), when systemd finishes a
 //! job (`JobRemoved`) and when a unit object's properties change (`PropertiesChanged` under
-//! `/org/freedesktop/systemd1/unit`); it never polls. A pass:
+//! `/org/freedesktop/systemd1/unit`); it never polls. The signals mark the units they name
+//! dirty. A change in the cluster that leaves this machine's units (text, desired state,
+//! restart generation, launch, report) as the last pass left them, with nothing dirty, costs no
+//! pass: with 1000 units, every machine would otherwise redo its work on every commit of any
+//! other machine. A pass:
 //!
 //! 1. reads the units assigned to this machine (by its name) from the applied state;
 //! 2. writes the unit files that are missing or differ to `/run/systemd/system/NAME`, each
 //!    opening with [`MANAGED`] (a file without that line is never written nor removed), and
-//!    stops then removes the managed files of units that left this machine;
+//!    stops then removes the managed files of units that left this machine; a unit whose text
+//!    and image are those it was last written or checked with is not read again;
 //! 3. one `Reload` if any file changed;
 //! 4. one `ListUnitsByNames` for every unit, then `StartUnit` / `StopUnit` / `RestartUnit`
-//!    (mode `replace`) for what differs from the desired state (a running unit whose file is
-//!    unchanged is left alone: after an agent restart it is adopted as it is; a launched unit
-//!    is started once per launch, see `started`);
-//! 5. one `ListUnitsByNames` again, the services' main PID and result read concurrently,
-//!    without a cache, and one `units::Change::ReportStates` with the units whose state differs
-//!    from the one the cluster holds.
+//!    (mode `replace`) for what differs from the desired state, sent together (at most
+//!    [`CALLS_IN_FLIGHT`] unanswered) (a running unit whose file is unchanged is left alone:
+//!    after an agent restart it is adopted as it is; a launched unit is started once per
+//!    launch, see `started`);
+//! 5. one `ListUnitsByNames` again; the services' main PID and result are read (without a
+//!    cache) only for units that are dirty, whose summary differs from their report, or whose
+//!    job was refused. A unit whose job systemd took is read when the job is done (its
+//!    `JobRemoved`), not in the pass that sent it: the pass does not wait for systemd to work
+//!    through the queue it just filled. Then one `units::Change::ReportStates` with the units
+//!    whose state differs from the one the cluster holds.
 //!
 //! A unit with `[X-Flotilla] Image=REF` runs in that image. Its image is taken from the store,
 //! or else pulled in a task of its own (a pass never waits for a registry): meanwhile the unit
@@ -32,8 +41,10 @@
 //!
 //! # Current limitations
 //!
-//! - A pass looks at every assigned unit (two `ListUnitsByNames` calls and two property reads
-//!   per service); units assigned while a pass runs wait for the next one.
+//! - A pass still lists every assigned unit (two `ListUnitsByNames` calls); units assigned
+//!   while a pass runs wait for the next one.
+//! - A managed unit file edited by hand is put back only when its unit changes or the agent
+//!   restarts.
 //! - Without a system bus (or as non-root) the reconciler logs once and does nothing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -64,6 +75,10 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 const RETRY_PULL: Duration = Duration::from_secs(2);
 /// The longest wait between two tries of a failing pull.
 const MAX_RETRY_PULL: Duration = Duration::from_secs(300);
+/// Calls to systemd a pass has sent and not had an answer for, at most: well under what the
+/// system bus lets one connection have pending (dbus-daemon's `max_replies_per_connection`,
+/// 128 by default; beyond it calls fail with `LimitsExceeded`).
+const CALLS_IN_FLIGHT: usize = 64;
 /// The drop-in that runs a unit in its image, in `NAME.d/`.
 const IMAGE_DROPIN: &str = "50-flotilla-image.conf";
 
@@ -153,10 +168,13 @@ pub(crate) async fn run(cluster: Cluster, images: Option<Images>, cancel: Cancel
     let watched = r.watched.clone();
     let drain_jobs = async {
         while let Some(job) = jobs.next().await {
-            if let Ok(args) = job.args()
-                && lock(&watched).names.contains(args.unit.as_str())
-            {
-                wake.notify_one();
+            if let Ok(args) = job.args() {
+                let mut w = lock(&watched);
+                if w.names.contains(args.unit.as_str()) {
+                    w.dirty.insert(args.unit.to_string());
+                    drop(w);
+                    wake.notify_one();
+                }
             }
         }
         tracing::warn!("systemd's JobRemoved stream ended, ignoring");
@@ -166,10 +184,11 @@ pub(crate) async fn run(cluster: Cluster, images: Option<Images>, cancel: Cancel
         while let Some(msg) = props.next().await {
             let Ok(msg) = msg else { continue };
             let header = msg.header();
-            if header
-                .path()
-                .is_some_and(|p| lock(&watched).paths.contains(p.as_str()))
-            {
+            let Some(path) = header.path() else { continue };
+            let mut w = lock(&watched);
+            if let Some(name) = w.paths.get(path.as_str()).cloned() {
+                w.dirty.insert(name);
+                drop(w);
                 wake.notify_one();
             }
         }
@@ -177,19 +196,23 @@ pub(crate) async fn run(cluster: Cluster, images: Option<Images>, cancel: Cancel
         std::future::pending::<()>().await;
     };
     let passes = async {
+        // Only a change in the cluster's state may find nothing to do for this machine;
+        // a signal, a finished pull or a retry always runs a pass.
+        let mut woken_by_cluster = false;
         loop {
             changed.borrow_and_update();
-            if let Err(e) = r.pass().await {
+            if let Err(e) = r.pass(woken_by_cluster).await {
                 tracing::warn!("reconcile: {e}, retrying");
                 tokio::time::sleep(RETRY_AFTER).await;
+                woken_by_cluster = false;
                 continue;
             }
             let retry = r.next_retry();
-            tokio::select! {
-                c = changed.changed() => if c.is_err() { return },
-                _ = wake.notified() => {}
-                _ = tokio::time::sleep_until(retry.unwrap_or_else(Instant::now).into()), if retry.is_some() => {}
-            }
+            woken_by_cluster = tokio::select! {
+                c = changed.changed() => if c.is_err() { return } else { true },
+                _ = wake.notified() => false,
+                _ = tokio::time::sleep_until(retry.unwrap_or_else(Instant::now).into()), if retry.is_some() => false,
+            };
         }
     };
     tokio::select! {
@@ -200,11 +223,15 @@ pub(crate) async fn run(cluster: Cluster, images: Option<Images>, cancel: Cancel
     }
 }
 
-/// The units and unit objects a pass looks after: their signals wake the next pass.
+/// The units and unit objects a pass looks after: their signals wake the next pass, which
+/// reads the state of the units they name again.
 #[derive(Debug, Default)]
 struct Watched {
     names: BTreeSet<String>,
-    paths: BTreeSet<String>,
+    /// Unit names by unit object path.
+    paths: HashMap<String, String>,
+    /// Units systemd signalled something about since the last pass began.
+    dirty: BTreeSet<String>,
 }
 
 fn lock(w: &std::sync::Mutex<Watched>) -> std::sync::MutexGuard<'_, Watched> {
@@ -239,6 +266,14 @@ struct Reconciler {
     refused: HashMap<String, String>,
     /// What the signals of systemd are filtered by (shared with the stream drains).
     watched: std::sync::Arc<std::sync::Mutex<Watched>>,
+    /// What this machine's units looked like at the end of the last pass that succeeded,
+    /// with the states it reported: while the cluster's view equals it and systemd signalled
+    /// nothing, a change elsewhere in the cluster needs no pass here.
+    settled: Option<BTreeMap<String, Want>>,
+    /// The unit file and drop-in each unit was last written or checked with, so a pass reads
+    /// only the files of units whose text or image changed (a file edited by hand is put back
+    /// when its unit changes, or when the agent restarts).
+    verified: HashMap<String, (String, Option<String>)>,
     /// The image service (none: units with `Image=` cannot run here).
     images: Option<Images>,
     /// Images of units, by reference as the units write it.
@@ -266,6 +301,28 @@ enum Pull {
         retry_at: Instant,
         in_flight: bool,
     },
+}
+
+/// What one pass did, for its debug log line.
+#[derive(Debug, Default)]
+struct PassStats {
+    units: usize,
+    written: usize,
+    reload_ms: u128,
+    jobs: usize,
+    jobs_ms: u128,
+    read: usize,
+    read_ms: u128,
+    reports: usize,
+    report_ms: u128,
+}
+
+/// The job a pass asks of systemd for one unit.
+#[derive(Debug, Clone, Copy)]
+enum JobKind {
+    Start,
+    Restart,
+    Stop,
 }
 
 /// What a pass does with one unit.
@@ -303,6 +360,8 @@ impl Reconciler {
             rewritten: BTreeSet::new(),
             refused: HashMap::new(),
             watched: Default::default(),
+            settled: None,
+            verified: HashMap::new(),
             images,
             pulls: HashMap::new(),
             pulled: Default::default(),
@@ -352,8 +411,39 @@ impl Reconciler {
             .collect()
     }
 
-    async fn pass(&mut self) -> Result<(), Error> {
-        let done = self.pass_inner().await;
+    /// One pass; `woken_by_cluster`: only the cluster's state changed since the last one, so
+    /// the pass is skipped when this machine's part of it is as the last pass left it.
+    async fn pass(&mut self, woken_by_cluster: bool) -> Result<(), Error> {
+        let wanted = self.wanted();
+        let dirty = std::mem::take(&mut lock(&self.watched).dirty);
+        if woken_by_cluster
+            && dirty.is_empty()
+            && !self.needs_reload
+            && self.rewritten.is_empty()
+            && self.settled.as_ref() == Some(&wanted)
+        {
+            return Ok(());
+        }
+        self.settled = None;
+        let began = Instant::now();
+        let mut stats = PassStats {
+            units: wanted.len(),
+            ..PassStats::default()
+        };
+        let done = self.pass_inner(wanted, dirty, &mut stats).await;
+        tracing::debug!(
+            "reconcile pass: {} units, {} files written, reload {} ms, {} jobs {} ms, {} states read {} ms, {} reports committed {} ms; {} ms in all",
+            stats.units,
+            stats.written,
+            stats.reload_ms,
+            stats.jobs,
+            stats.jobs_ms,
+            stats.read,
+            stats.read_ms,
+            stats.reports,
+            stats.report_ms,
+            began.elapsed().as_millis()
+        );
         // What was started is recorded even when the pass failed later on.
         if self.started != self.started_saved {
             save_started(&self.started)?;
@@ -362,8 +452,12 @@ impl Reconciler {
         done
     }
 
-    async fn pass_inner(&mut self) -> Result<(), Error> {
-        let wanted = self.wanted();
+    async fn pass_inner(
+        &mut self,
+        wanted: BTreeMap<String, Want>,
+        dirty: BTreeSet<String>,
+        stats: &mut PassStats,
+    ) -> Result<(), Error> {
         lock(&self.watched).names = wanted.keys().cloned().collect();
         let mut preps = HashMap::new();
         for (name, want) in &wanted {
@@ -407,12 +501,22 @@ impl Reconciler {
             std::fs::remove_file(&path).map_err(|source| file_error(&path, source))?;
             tracing::info!(unit = %name, "unit left this machine: stopped and removed");
             self.paths.remove(&name);
+            self.verified.remove(&name);
             self.restarted.remove(&name);
             self.started.remove(&name);
         }
 
         // Units assigned here: write what is missing or differs (only flotilla's files).
+        self.verified.retain(|name, _| wanted.contains_key(name));
         for (name, want) in &wanted {
+            let files = match &preps[name] {
+                Prep::Waiting(_) => continue,
+                Prep::Plain => (want.text.clone(), None),
+                Prep::Image(dropin) => (want.text.clone(), Some(dropin.clone())),
+            };
+            if self.verified.get(name) == Some(&files) {
+                continue;
+            }
             match &preps[name] {
                 Prep::Waiting(_) => continue,
                 Prep::Plain => {
@@ -432,7 +536,10 @@ impl Reconciler {
             let path = self.dir.join(name);
             let content = format!("{MANAGED}{}", want.text);
             match std::fs::read_to_string(&path) {
-                Ok(existing) if existing == content => continue,
+                Ok(existing) if existing == content => {
+                    self.verified.insert(name.clone(), files);
+                    continue;
+                }
                 Ok(existing) if !existing.starts_with(MANAGED) => {
                     tracing::warn!(unit = %name, "{} exists and is not flotilla's: not touching it, ignoring", path.display());
                     continue;
@@ -443,10 +550,14 @@ impl Reconciler {
             }
             self.needs_reload = true;
             write_file(&path, &content)?;
+            stats.written += 1;
             self.rewritten.insert(name.clone());
+            self.verified.insert(name.clone(), files);
         }
         if self.needs_reload {
+            let t = Instant::now();
             self.manager.reload().await?;
+            stats.reload_ms = t.elapsed().as_millis();
             self.needs_reload = false;
         }
 
@@ -459,6 +570,9 @@ impl Reconciler {
         let before = self.unit_states(&ready).await?;
         self.refused.retain(|name, _| wanted.contains_key(name));
         self.rewritten.retain(|name| wanted.contains_key(name));
+        // What each unit needs, decided first; then the jobs are sent together (systemd
+        // queues them in order, and a pass does not wait a round trip per unit).
+        let mut decided: Vec<(&String, Option<JobKind>)> = Vec::new();
         for (name, want) in &wanted {
             if matches!(preps[name], Prep::Waiting(_)) {
                 continue;
@@ -473,44 +587,66 @@ impl Reconciler {
                 // the cluster holds a report of it.
                 want.reported.as_ref().map_or(0, |r| r.restart_generation)
             });
-            let mode = Mode::Replace.as_str();
             let print = fingerprint(want, &preps[name]);
             // Rewritten in this pass, or in one that failed before its restart.
             let restart = self.rewritten.contains(name) || want.restart_generation > done;
-            // systemd refusing a job for one unit (a missing dependency, RefuseManualStart=,
-            // a masked unit) is that unit's failure, reported with it; the others go on.
             let job = match want.desired {
                 Desired::Launched if !running => {
-                    let job = if self.started.get(name) != Some(&print) || restart {
-                        self.manager.start_unit(name, mode).await.map(Some)
-                    } else {
-                        Ok(None)
-                    };
+                    let start = self.started.get(name) != Some(&print) || restart;
                     self.started.insert(name.clone(), print);
-                    job
+                    start.then_some(JobKind::Start)
                 }
                 Desired::Launched => {
-                    let job = if restart {
-                        self.manager.restart_unit(name, mode).await.map(Some)
-                    } else {
-                        Ok(None)
-                    };
                     self.started.insert(name.clone(), print);
-                    job
+                    restart.then_some(JobKind::Restart)
                 }
                 Desired::Loaded | Desired::Inactive => {
                     self.started.remove(name);
-                    if running {
-                        self.manager.stop_unit(name, mode).await.map(Some)
-                    } else {
-                        Ok(None)
-                    }
+                    running.then_some(JobKind::Stop)
                 }
             };
+            decided.push((name, job));
+        }
+        let mode = Mode::Replace.as_str();
+        let manager = &self.manager;
+        let mut calls: Vec<futures::future::BoxFuture<'_, Result<Option<_>, zbus::Error>>> =
+            Vec::with_capacity(decided.len());
+        for (name, job) in &decided {
+            let name = name.as_str();
+            calls.push(match job {
+                None => Box::pin(async { Ok(None) }),
+                Some(JobKind::Start) => {
+                    Box::pin(async move { manager.start_unit(name, mode).await.map(Some) })
+                }
+                Some(JobKind::Restart) => {
+                    Box::pin(async move { manager.restart_unit(name, mode).await.map(Some) })
+                }
+                Some(JobKind::Stop) => {
+                    Box::pin(async move { manager.stop_unit(name, mode).await.map(Some) })
+                }
+            });
+        }
+        let t = Instant::now();
+        stats.jobs = decided.iter().filter(|(_, job)| job.is_some()).count();
+        let sent = futures::stream::iter(calls)
+            .buffered(CALLS_IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await;
+        // Units whose job systemd took in this pass: their state is read once systemd says
+        // the job is done (`JobRemoved` marks them dirty and wakes the next pass), not now,
+        // so a pass does not wait for systemd to work through the queue it just filled.
+        let mut pending = BTreeSet::new();
+        for ((name, _), job) in decided.into_iter().zip(sent) {
+            let want = &wanted[name];
             // Done with its new files (or refused for good); a lost connection tries again.
             if matches!(job, Ok(_) | Err(zbus::Error::MethodError(..))) {
                 self.rewritten.remove(name);
             }
+            if matches!(job, Ok(Some(_))) {
+                pending.insert(name.as_str());
+            }
+            // systemd refusing a job for one unit (a missing dependency, RefuseManualStart=,
+            // a masked unit) is that unit's failure, reported with it; the others go on.
             match job {
                 Ok(None) => {}
                 Ok(Some(_)) => {
@@ -523,7 +659,7 @@ impl Reconciler {
                 }
                 Err(e) => return Err(e.into()),
             }
-            if want.restart_generation > done {
+            if want.restart_generation > self.restarted.get(name).copied().unwrap_or(0) {
                 self.restarted.insert(name.clone(), want.restart_generation);
             }
         }
@@ -533,10 +669,16 @@ impl Reconciler {
             self.started_saved = self.started.clone();
         }
 
-        // Reports, only what changed, in one command.
+        // Reports, only what changed, in one command. A unit's state is read in full (main
+        // PID, result) only when something may have changed it: a signal of systemd about it
+        // (its job done, its properties changed), a refused job, or a state in
+        // `ListUnitsByNames` that differs from its report.
+        stats.jobs_ms = t.elapsed().as_millis();
+        let t = Instant::now();
         let after = self.unit_states(&ready).await?;
         let mut reports = Vec::new();
         let mut reads = Vec::new();
+        let mut settled = wanted.clone();
         for (name, want) in &wanted {
             match preps.remove(name) {
                 Some(Prep::Waiting(mut state)) => {
@@ -546,18 +688,36 @@ impl Reconciler {
                     };
                     state.restart_generation = self.restarted.get(name).copied().unwrap_or(0);
                     if want.reported.as_ref() != Some(&state) {
-                        reports.push((name.clone(), Some(state)));
+                        reports.push((name.clone(), Some(state.clone())));
                     }
+                    settled.get_mut(name).expect("a wanted unit").reported = Some(state);
                 }
-                _ => reads.push((name, want)),
+                // Read when its job is done.
+                _ if pending.contains(name.as_str()) => {}
+                _ if dirty.contains(name)
+                    || !self.paths.contains_key(name)
+                    || self.differs(name, want, after.get(name.as_str())) =>
+                {
+                    reads.push((name, want))
+                }
+                // As reported, and nothing happened to it.
+                _ => {}
             }
         }
-        let read = futures::future::join_all(
-            reads
-                .iter()
-                .map(|(name, want)| self.read_state(name, want, after.get(name.as_str()))),
-        )
-        .await;
+        stats.read = reads.len();
+        let mut calls: Vec<futures::future::BoxFuture<'_, Result<Reported, Error>>> =
+            Vec::with_capacity(reads.len());
+        for (name, want) in &reads {
+            calls.push(Box::pin(self.read_state(
+                name,
+                want,
+                after.get(name.as_str()),
+            )));
+        }
+        let read = futures::stream::iter(calls)
+            .buffered(CALLS_IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await;
         for ((name, want), state) in reads.into_iter().zip(read) {
             let mut state = state?;
             if let Some(why) = self.refused.get(name.as_str()) {
@@ -567,15 +727,49 @@ impl Reconciler {
                 self.paths.insert(name.clone(), path.to_owned());
             }
             if want.reported.as_ref() != Some(&state) {
-                reports.push((name.clone(), Some(state)));
+                reports.push((name.clone(), Some(state.clone())));
             }
+            settled
+                .get_mut(name.as_str())
+                .expect("a wanted unit")
+                .reported = Some(state);
         }
         for name in self.stale_reports(&wanted) {
             reports.push((name, None));
         }
+        stats.read_ms = t.elapsed().as_millis();
+        let t = Instant::now();
+        stats.reports = reports.len();
         self.report(reports).await?;
-        lock(&self.watched).paths = self.paths.values().cloned().collect();
+        stats.report_ms = t.elapsed().as_millis();
+        lock(&self.watched).paths = self
+            .paths
+            .iter()
+            .map(|(name, path)| (path.clone(), name.clone()))
+            .collect();
+        self.settled = Some(settled);
         Ok(())
+    }
+
+    /// Whether systemd's summary of `name` differs from what the cluster holds of it.
+    fn differs(
+        &self,
+        name: &str,
+        want: &Want,
+        status: Option<&flotilla_dbus::systemd1::UnitStatus>,
+    ) -> bool {
+        let (Some(r), Some(s)) = (&want.reported, status) else {
+            return true;
+        };
+        let refused = self.refused.get(name).map(|why| format!("refused: {why}"));
+        r.load != s.load_state
+            || r.active != s.active_state
+            || r.sub != s.sub_state
+            || r.restart_generation != self.restarted.get(name).copied().unwrap_or(0)
+            || match refused {
+                Some(result) => r.result != result,
+                None => r.result.starts_with("refused: "),
+            }
     }
 
     /// Whether `name` runs in an image, and if so whether that image is there: starts a pull

@@ -22,6 +22,9 @@
 //!   time is until the last `systemctl start` returned (systemd returns once every job is
 //!   done) and every unit is active.
 //!
+//! Once every unit is active, the cluster run also waits until the cluster holds an active
+//! report of each (what `flotctl list-units` shows) and prints when that was.
+//!
 //! With `--timeline`, the cluster run also prints every 500 ms how many units the cluster has
 //! assigned, how many are active in systemd and how many the cluster holds an active report
 //! of: where the time goes between the scheduler, the reconcilers' jobs and their reports.
@@ -177,6 +180,9 @@ struct ClusterRun {
     took: Duration,
     /// How long the submissions took.
     submitted: Duration,
+    /// From the first request until the cluster holds an active report of every unit (what
+    /// `flotctl list-units` shows), measured after `took`.
+    reported: Duration,
     /// (units active, when), every tenth of the units.
     marks: Vec<(usize, Duration)>,
     /// With `--timeline`: what systemd and the cluster showed, every 500 ms.
@@ -261,9 +267,26 @@ fn cluster_run(tb: &Testbed, rt: &tokio::runtime::Runtime, args: &Args) -> Resul
         if let Some(submitted) = submitting
             && up >= args.units
         {
+            let took = start.elapsed();
+            // Then how long until the cluster knows it too.
+            loop {
+                let (_, reported) = rt.block_on(cluster_view(&client, &list))?;
+                if reported >= args.units {
+                    break;
+                }
+                if start.elapsed() > deadline {
+                    bail!(
+                        "the cluster holds active reports of only {reported} of {} units after {}s",
+                        args.units,
+                        args.timeout
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
             return Ok(ClusterRun {
-                took: start.elapsed(),
+                took,
                 submitted,
+                reported: start.elapsed(),
                 marks,
                 timeline,
             });
@@ -402,6 +425,7 @@ fn main() -> Result<()> {
     let ClusterRun {
         took: cluster,
         submitted,
+        reported,
         marks,
         timeline,
     } = cluster_run(&tb, &rt, &args)?;
@@ -444,6 +468,10 @@ fn main() -> Result<()> {
         .map(|(n, t)| format!("{n}@{:.1}s", t.as_secs_f64()))
         .collect();
     println!("  progress: {}", marks.join(" "));
+    println!(
+        "  the cluster holds an active report of every unit after {}",
+        secs(reported)
+    );
     for s in &timeline {
         println!(
             "  at {:5.1}s: {:4} assigned, {:4} active in systemd, {:4} reported active",
