@@ -9,6 +9,9 @@
 //! majority side, which the majority's views name; while one is off, the same on the machines
 //! left.
 //!
+//! A second test kills the leader's agent while units are being submitted and placed: every
+//! unit still ends up on exactly one machine, and none ever ran on two at once.
+//!
 //! A partitioned machine cannot learn that its units moved, so it keeps running them until it is
 //! healed (as fleet did): the test prints how long after the heal the last duplicate stopped,
 //! and how long the majority took to reschedule; figures, not assertions.
@@ -96,6 +99,7 @@ fn systemd_runs(machines: &[Node<'_>], unit: &str) -> Vec<String> {
 /// views may still show beside the real one.
 fn wait_exactly_once(
     tb: &Testbed,
+    units: &[&str],
     running: &[Node<'_>],
     asked: &[Node<'_>],
     stale: Option<&str>,
@@ -104,7 +108,7 @@ fn wait_exactly_once(
     let all: Vec<Node<'_>> = tb.nodes().collect();
     wait_for(DEADLINE, what, || {
         let mut placed = BTreeMap::new();
-        for unit in UNITS {
+        for &unit in units {
             let on = systemd_runs(&all, unit);
             let [machine] = on.as_slice() else {
                 return Err(Some(format!("systemd runs {unit} on {on:?}")));
@@ -164,7 +168,7 @@ fn units_run_on_exactly_one_machine_after_partitions_and_power_loss() {
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let out = flotctl(&nodes[0], &argv);
     assert!(out.status.success(), "start: {}", text(&out));
-    let placed = wait_exactly_once(&tb, &nodes, &nodes, None, "every unit started once");
+    let placed = wait_exactly_once(&tb, &UNITS, &nodes, &nodes, None, "every unit started once");
 
     // Cut off the machine running the first unit: the majority reschedules its units.
     let cut_name = placed[UNITS[0]].clone();
@@ -225,7 +229,14 @@ fn units_run_on_exactly_one_machine_after_partitions_and_power_loss() {
     })
     .unwrap();
     let duplicates_stopped_after = healed.elapsed();
-    let placed = wait_exactly_once(&tb, &nodes, &nodes, None, "every unit once after the heal");
+    let placed = wait_exactly_once(
+        &tb,
+        &UNITS,
+        &nodes,
+        &nodes,
+        None,
+        "every unit once after the heal",
+    );
     let converged_after = healed.elapsed();
 
     // Power off the machine that runs the most units, then on again.
@@ -241,6 +252,7 @@ fn units_run_on_exactly_one_machine_after_partitions_and_power_loss() {
     off.power_off().unwrap();
     wait_exactly_once(
         &tb,
+        &UNITS,
         &survivors,
         &survivors,
         Some(&off_name),
@@ -256,8 +268,14 @@ fn units_run_on_exactly_one_machine_after_partitions_and_power_loss() {
     off.power_on().unwrap();
     off.wait_active("flotillad.service", DEADLINE).unwrap();
     wait_machines_up(&survivors[0], 3);
-    let after_power_on =
-        wait_exactly_once(&tb, &nodes, &nodes, None, "every unit once after power on");
+    let after_power_on = wait_exactly_once(
+        &tb,
+        &UNITS,
+        &nodes,
+        &nodes,
+        None,
+        "every unit once after power on",
+    );
 
     eprintln!(
         "units: {} on 3 machines {placed:?}\n\
@@ -272,5 +290,172 @@ fn units_run_on_exactly_one_machine_after_partitions_and_power_loss() {
         duplicates_stopped_after.as_secs_f64(),
         converged_after.as_secs_f64(),
         moved_after_power_off.as_secs_f64(),
+    );
+}
+
+/// Whether the agent of `node` says it leads.
+fn leads(node: &Node<'_>) -> bool {
+    node.stdout(&[
+        "curl",
+        "-sf",
+        "--max-time",
+        "2",
+        "http://127.0.0.1:2379/v2/stats/self",
+    ])
+    .ok()
+    .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
+    .is_some_and(|j| j["state"] == "StateLeader")
+}
+
+/// Units submitted while the leader's agent is killed: the scheduler's plans are fenced (a plan
+/// made by a deposed leader never lands), so whatever the new leader plans, every unit ends up
+/// assigned to and running on exactly one machine, and no machine's systemd ever ran one that
+/// another ran too (sampled throughout, by `systemctl` in every machine).
+#[test]
+fn units_placed_across_a_leader_change_run_exactly_once() {
+    const COUNT: usize = 24;
+    let tb = Testbed::up(Options::new(3).agent(Options::default_agent())).unwrap();
+    let nodes: Vec<Node<'_>> = tb.nodes().collect();
+    for n in &nodes {
+        n.wait_active("flotillad.service", DEADLINE).unwrap();
+    }
+    wait_machines_up(&nodes[0], 3);
+    let leader = wait_for(DEADLINE, "a leader", || {
+        nodes
+            .iter()
+            .position(leads)
+            .ok_or_else(|| Some("no agent says it leads".to_owned()))
+    })
+    .unwrap();
+    let via = &nodes[(leader + 1) % nodes.len()];
+    let names: Vec<String> = (0..COUNT).map(|i| format!("lc-{i}.service")).collect();
+    let units: Vec<&str> = names.iter().map(String::as_str).collect();
+    let body = serde_json::json!({ "text": UNIT_TEXT, "desired": "launched" }).to_string();
+
+    let twice = std::sync::Mutex::new(Vec::new());
+    let submitted = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        // The submissions, each retried until it is answered (a PUT of the same text and
+        // desired state is idempotent): some meet the leader's death.
+        let submitter = scope.spawn(|| {
+            for unit in &units {
+                let url = format!("http://127.0.0.1:2379/flotilla/v1/units/{unit}");
+                wait_for(DEADLINE, "a submission to be answered", || {
+                    let args = [
+                        "curl",
+                        "-sf",
+                        "--max-time",
+                        "10",
+                        "-X",
+                        "PUT",
+                        "-H",
+                        "Content-Type: application/json",
+                        "-d",
+                        &body,
+                        &url,
+                    ];
+                    match via.exec(&args) {
+                        Ok(out) if out.status.success() => Ok(()),
+                        Ok(out) => Err(Some(format!("{unit}: {}", text(&out)))),
+                        Err(e) => Err(Some(e.to_string())),
+                    }
+                })
+                .unwrap();
+                submitted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        // Meanwhile, no unit may ever run on two machines.
+        let sampler = scope.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let mut on: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                for node in &nodes {
+                    let Ok(list) = node.stdout(&[
+                        "systemctl",
+                        "list-units",
+                        "--state=active",
+                        "--plain",
+                        "--no-legend",
+                        "lc-*",
+                    ]) else {
+                        continue;
+                    };
+                    for unit in list.lines().filter_map(|l| l.split_whitespace().next()) {
+                        on.entry(unit.to_owned()).or_default().push(node.name());
+                    }
+                }
+                for (unit, machines) in on {
+                    if machines.len() > 1 {
+                        twice
+                            .lock()
+                            .unwrap()
+                            .push(format!("{unit} on {machines:?}"));
+                    }
+                }
+            }
+        });
+        // Kill the leader's agent once a third of the units are in, then start it again.
+        wait_for(DEADLINE, "a third of the units submitted", || {
+            if submitted.load(std::sync::atomic::Ordering::SeqCst) >= COUNT / 3 {
+                Ok(())
+            } else {
+                Err(None)
+            }
+        })
+        .unwrap();
+        let out = nodes[leader]
+            .exec(&["systemctl", "kill", "-s", "KILL", "flotillad.service"])
+            .unwrap();
+        assert!(out.status.success(), "systemctl kill: {}", text(&out));
+        wait_for(DEADLINE, "the killed agent to be gone", || {
+            match nodes[leader].unit_state("flotillad.service") {
+                Ok(s) if s == "inactive" || s == "failed" => Ok(()),
+                Ok(s) => Err(Some(s)),
+                Err(e) => Err(Some(e.to_string())),
+            }
+        })
+        .unwrap();
+        // Another machine leads (and plans) before the old leader is back.
+        let successor = wait_for(DEADLINE, "another leader", || {
+            nodes
+                .iter()
+                .enumerate()
+                .find(|(i, n)| *i != leader && leads(n))
+                .map(|(_, n)| n.name())
+                .ok_or(None)
+        })
+        .unwrap();
+        let out = nodes[leader]
+            .exec(&["systemctl", "start", "flotillad.service"])
+            .unwrap();
+        assert!(out.status.success(), "systemctl start: {}", text(&out));
+        submitter.join().unwrap();
+        let placed = wait_exactly_once(
+            &tb,
+            &units,
+            &nodes,
+            &nodes,
+            None,
+            "every unit once after the leader change",
+        );
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        sampler.join().unwrap();
+        let new_leader = nodes.iter().position(leads);
+        let mut per_machine: BTreeMap<String, usize> = BTreeMap::new();
+        for machine in placed.values() {
+            *per_machine.entry(machine.clone()).or_default() += 1;
+        }
+        eprintln!(
+            "leader change: {} killed after {} of {COUNT} units were submitted, {successor} led \
+             next, now {:?} leads; placed {per_machine:?}",
+            nodes[leader].name(),
+            COUNT / 3,
+            new_leader.map(|i| nodes[i].name())
+        );
+    });
+    let twice = twice.into_inner().unwrap();
+    assert!(
+        twice.is_empty(),
+        "units ran on two machines at once: {twice:?}"
     );
 }
