@@ -127,6 +127,14 @@ pub(crate) struct ApiConfig {
     pub(crate) max_body_bytes: usize,
     /// The most concurrent watches one client address may hold.
     pub(crate) max_watchers_per_client: usize,
+    /// The most open connections on each listener; a new one beyond is closed at once.
+    pub(crate) max_connections: usize,
+    /// The most open connections from one client address on each listener.
+    pub(crate) max_connections_per_client: usize,
+    /// How long a request's head may take to arrive from its first byte, e.g. `"10s"`.
+    pub(crate) header_timeout: String,
+    /// How long a connection may stay open with no request in flight, e.g. `"120s"`.
+    pub(crate) idle_timeout: String,
     /// HTTPS: the CA (PEM) client certificates must chain to (they are optional).
     pub(crate) tls_ca: Option<PathBuf>,
     /// The API's server certificate (PEM).
@@ -148,6 +156,10 @@ impl Default for ApiConfig {
             advertise: Vec::new(),
             max_body_bytes: 512 * 1024,
             max_watchers_per_client: 1000,
+            max_connections: 4096,
+            max_connections_per_client: 1024,
+            header_timeout: "10s".into(),
+            idle_timeout: "120s".into(),
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
@@ -157,6 +169,47 @@ impl Default for ApiConfig {
         }
     }
 }
+
+impl ApiConfig {
+    fn limits(&self) -> Result<crate::listener::Limits, Error> {
+        let at_least_one = |key: &'static str, n: usize| {
+            if n == 0 {
+                return Err(Error::Invalid {
+                    key,
+                    reason: "must be at least 1".into(),
+                });
+            }
+            Ok(n)
+        };
+        let timeout = |key: &'static str, text: &str| match parse_duration(text) {
+            Some(d) if !d.is_zero() => Ok(d),
+            Some(_) => Err(Error::Invalid {
+                key,
+                reason: "must be more than 0".into(),
+            }),
+            None => Err(Error::Invalid {
+                key,
+                reason: format!("{text:?} is not a duration like \"10s\""),
+            }),
+        };
+        Ok(crate::listener::Limits {
+            max_connections: at_least_one("api.max_connections", self.max_connections)?,
+            max_connections_per_client: at_least_one(
+                "api.max_connections_per_client",
+                self.max_connections_per_client,
+            )?,
+            max_handshakes_per_client: API_HANDSHAKES_PER_CLIENT,
+            handshake_timeout: API_HANDSHAKE_TIMEOUT,
+            header_timeout: timeout("api.header_timeout", &self.header_timeout)?,
+            idle_timeout: timeout("api.idle_timeout", &self.idle_timeout)?,
+        })
+    }
+}
+
+/// TLS handshakes in progress from one address on a client API listener.
+const API_HANDSHAKES_PER_CLIENT: usize = 16;
+/// How long a client has for its TLS handshake.
+const API_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `[dns]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -287,6 +340,8 @@ pub(crate) struct Settings {
     pub(crate) max_body_bytes: usize,
     /// `api.max_watchers_per_client`.
     pub(crate) max_watchers_per_client: usize,
+    /// `api.max_connections`, `max_connections_per_client`, `header_timeout`, `idle_timeout`.
+    pub(crate) api_limits: crate::listener::Limits,
     /// `machine.metadata`.
     pub(crate) metadata: BTreeMap<String, String>,
     /// `cluster.tls_*`: peer mutual TLS when set.
@@ -479,6 +534,7 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        let api_limits = a.limits()?;
         let d = &self.dns;
         let dns_domain = flotilla_dns::ZoneConfig::new(&d.domain)
             .map_err(|e| invalid("dns.domain", e.to_string()))?
@@ -528,6 +584,7 @@ impl Config {
             client_urls,
             max_body_bytes: a.max_body_bytes,
             max_watchers_per_client: a.max_watchers_per_client,
+            api_limits,
             metadata: self.machine.metadata.clone(),
             peer_tls,
             api_tls,
@@ -795,6 +852,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("scheduler.max_units_per_machine"), "{err}");
+    }
+
+    #[test]
+    fn connection_limits() {
+        let parse = |text: &str| Config::parse(&format!("name = \"n1\"\n[api]\n{text}")).unwrap();
+        let l = parse("").settings().unwrap().api_limits;
+        assert_eq!(
+            (l.max_connections, l.max_connections_per_client),
+            (4096, 1024)
+        );
+        assert_eq!(l.header_timeout, Duration::from_secs(10));
+        assert_eq!(l.idle_timeout, Duration::from_secs(120));
+        let l = parse("max_connections = 8\nheader_timeout = \"500ms\"\nidle_timeout = \"2m\"\n")
+            .settings()
+            .unwrap()
+            .api_limits;
+        assert_eq!(l.max_connections, 8);
+        assert_eq!(l.header_timeout, Duration::from_millis(500));
+        assert_eq!(l.idle_timeout, Duration::from_secs(120));
+        for (text, key, reason) in [
+            ("max_connections = 0", "api.max_connections", "at least 1"),
+            (
+                "max_connections_per_client = 0",
+                "api.max_connections_per_client",
+                "at least 1",
+            ),
+            (
+                "header_timeout = \"0s\"",
+                "api.header_timeout",
+                "more than 0",
+            ),
+            (
+                "idle_timeout = \"soon\"",
+                "api.idle_timeout",
+                "not a duration",
+            ),
+        ] {
+            let err = parse(text).settings().unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(reason), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -28,6 +28,7 @@ mod config;
 mod dns;
 mod expiry;
 mod images;
+mod listener;
 mod liveness;
 mod logging;
 mod notify;
@@ -289,6 +290,7 @@ async fn run(s: Settings, source: Source, logging: logging::Logging) -> Result<(
             api.clone(),
             s.max_body_bytes,
             api_auth.clone(),
+            s.api_limits,
             accepting.clone(),
         ));
     }
@@ -587,6 +589,10 @@ fn reload(
         (
             "api.max_watchers_per_client",
             new.max_watchers_per_client != running.max_watchers_per_client,
+        ),
+        (
+            "api.max_connections(_per_client), api.header_timeout, api.idle_timeout",
+            new.api_limits != running.api_limits,
         ),
         ("images", new.images != running.images),
         ("cluster.tls_*", new.peer_tls != running.peer_tls),

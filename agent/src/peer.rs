@@ -12,7 +12,6 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::serve::ListenerExt as _;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
 };
@@ -23,13 +22,25 @@ use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Cluster, LeaderRequest};
+use crate::listener::Limits;
 use crate::liveness::{Heartbeat, Liveness};
 use crate::raft::TypeConfig;
 use crate::raft::network::path;
-use crate::tls::TlsListener;
+use crate::tls::Acceptor;
 
 /// The largest peer message (a batch of log entries or a snapshot chunk).
 const MAX_PEER_BODY: usize = 64 * 1024 * 1024;
+/// What the peer port allows. Members handshake in milliseconds, so a handshake gets 3 s; the
+/// client API's are `[api]` keys instead. A member keeps a few pooled connections to each
+/// other member, and on one host (tests) every member connects from the same address.
+const LIMITS: Limits = Limits {
+    max_connections: 4096,
+    max_connections_per_client: 1024,
+    max_handshakes_per_client: 16,
+    handshake_timeout: Duration::from_secs(3),
+    header_timeout: Duration::from_secs(10),
+    idle_timeout: Duration::from_secs(120),
+};
 /// How long an `AppendEntries` answer waits for its entries to be durable.
 const DURABLE_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -39,7 +50,8 @@ struct Peer {
     liveness: Liveness,
 }
 
-/// Serves the peer API on `listener` until `cancel`; mutual TLS with `tls`.
+/// Serves the peer API on `listener` until `cancel`; mutual TLS with `tls`; connections within
+/// [`LIMITS`] (see `crate::listener`).
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<Arc<ServerConfig>>,
@@ -56,31 +68,8 @@ pub(crate) async fn serve(
         .route(path::UNIT_OUTPUT, post(unit_output))
         .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
         .with_state(Peer { cluster, liveness });
-    if let Some(tls) = tls {
-        let listener = match TlsListener::members_only(listener, tls, "peer server") {
-            Ok(l) => l,
-            Err(e) => return tracing::error!("peer server failed: {e}"),
-        };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(cancel.cancelled_owned())
-            .await
-        {
-            tracing::error!("peer server failed: {e}");
-        }
-        return;
-    }
-    // Replies are small and latency-bound: no Nagle delay on the peer connections.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY on a peer connection: {e}");
-        }
-    });
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
-    {
-        tracing::error!("peer server failed: {e}");
-    }
+    let tls = tls.map(|config| Acceptor::members_only(config, "peer server"));
+    crate::listener::serve(listener, tls, app, LIMITS, "peer server", cancel).await;
 }
 
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Box<Response>> {

@@ -5,10 +5,10 @@
 //! One crypto library in the build: rustls with aws-lc-rs, the provider reqwest uses too.
 //! Certificates and keys are PEM files (`flotctl ca init` / `flotctl ca issue` write them).
 //!
-//! The listeners here hand axum connections that finished their handshake; handshakes run in
-//! tasks of their own (bounded in number and time), so a slow or hostile client never holds up
-//! the accept loop. A refused handshake is logged once per remote address (then at debug), so a
-//! misconfigured peer retrying every second does not flood the journal.
+//! [`Acceptor`] runs one connection's handshake (the listener, `crate::listener`, runs each in
+//! the connection's own task and bounds how many and how long). A refused handshake is logged
+//! once per remote address (then at debug), so a misconfigured peer retrying every second does
+//! not flood the journal.
 //!
 //! Current limitations: no certificate revocation lists, and files are read once at start
 //! (a renewed certificate takes effect on restart).
@@ -19,10 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::crypto::{CryptoProvider, aws_lc_rs};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -31,10 +28,6 @@ use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 
-/// How long a client may take to complete its handshake.
-const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
-/// The most handshakes in progress at once on one listener.
-const MAX_HANDSHAKES: usize = 256;
 /// How many refused addresses are remembered (to log each once); forgotten all at once beyond.
 const MAX_REMEMBERED_REFUSALS: usize = 4096;
 
@@ -239,163 +232,72 @@ impl Refusals {
     }
 }
 
-/// A TCP listener whose connections arrive with their TLS handshake done.
-pub(crate) struct TlsListener {
-    local: SocketAddr,
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, Remote)>,
-}
-
-impl TlsListener {
-    /// Accepts on `tcp` and runs handshakes with `config` in the background; `what` names the
-    /// listener in log lines (`peer server`, `client API`). The background task ends when the
-    /// `TlsListener` is dropped.
-    pub(crate) fn new(
-        tcp: TcpListener,
-        config: Arc<ServerConfig>,
-        what: &'static str,
-    ) -> std::io::Result<Self> {
-        Self::start(tcp, config, what, false)
-    }
-
-    /// As [`TlsListener::new`], admitting only members' certificates ([`MEMBER_OU`]): the
-    /// peer port's.
-    pub(crate) fn members_only(
-        tcp: TcpListener,
-        config: Arc<ServerConfig>,
-        what: &'static str,
-    ) -> std::io::Result<Self> {
-        Self::start(tcp, config, what, true)
-    }
-
-    fn start(
-        tcp: TcpListener,
-        config: Arc<ServerConfig>,
-        what: &'static str,
-        members_only: bool,
-    ) -> std::io::Result<Self> {
-        let local = tcp.local_addr()?;
-        let (tx, ready) = mpsc::channel(64);
-        tokio::spawn(accept_loop(
-            tcp,
-            TlsAcceptor::from(config),
-            tx,
-            what,
-            members_only,
-        ));
-        Ok(TlsListener { local, ready })
-    }
-}
-
-async fn accept_loop(
-    tcp: TcpListener,
+/// Runs the server side of TLS handshakes for one listener, and logs the refused ones.
+pub(crate) struct Acceptor {
     acceptor: TlsAcceptor,
-    tx: mpsc::Sender<(TlsStream<TcpStream>, Remote)>,
-    what: &'static str,
     members_only: bool,
-) {
-    let refusals = Arc::new(Refusals::default());
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-    loop {
-        let accepted = tokio::select! {
-            _ = tx.closed() => return,
-            a = tcp.accept() => a,
-        };
-        let (stream, addr) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // As axum does: the usual cause is running out of file descriptors.
-                tracing::debug!("{what}: accept failed: {e}, retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = handshakes.clone().acquire_owned().await else {
-            return;
-        };
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!("{what}: cannot set TCP_NODELAY: {e}, ignoring");
+    what: &'static str,
+    refusals: Refusals,
+}
+
+impl Acceptor {
+    /// Handshakes with `config`; `what` names the listener in log lines (`client API`).
+    pub(crate) fn new(config: Arc<ServerConfig>, what: &'static str) -> Self {
+        Acceptor {
+            acceptor: TlsAcceptor::from(config),
+            members_only: false,
+            what,
+            refusals: Refusals::default(),
         }
-        let (acceptor, tx, refusals) = (acceptor.clone(), tx.clone(), refusals.clone());
-        tokio::spawn(async move {
-            let shaken = tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(stream)).await;
-            drop(permit);
-            let tls = match shaken {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => return refusals.note(what, addr, &e),
-                Err(_) => {
-                    let e = std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("no handshake within {HANDSHAKE_DEADLINE:?}"),
-                    );
-                    return refusals.note(what, addr, &e);
-                }
-            };
-            let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
-            let user = cert.and_then(|c| common_name(c));
-            if members_only && !cert.is_some_and(|c| is_member(c)) {
+    }
+
+    /// As [`Acceptor::new`], admitting only members' certificates ([`MEMBER_OU`]): the peer
+    /// port's.
+    pub(crate) fn members_only(config: Arc<ServerConfig>, what: &'static str) -> Self {
+        Acceptor {
+            members_only: true,
+            ..Acceptor::new(config, what)
+        }
+    }
+
+    /// Completes the handshake of the connection from `addr` within `deadline`; `None` (logged
+    /// here) when it fails, times out or, on the peer port, the certificate is not a member's.
+    pub(crate) async fn accept(
+        &self,
+        tcp: TcpStream,
+        addr: SocketAddr,
+        deadline: Duration,
+    ) -> Option<(TlsStream<TcpStream>, Remote)> {
+        let what = self.what;
+        let tls = match tokio::time::timeout(deadline, self.acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                self.refusals.note(what, addr, &e);
+                return None;
+            }
+            Err(_) => {
                 let e = std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!(
-                        "the certificate of {} is not a member's (OU={MEMBER_OU}: flotctl ca issue --member)",
-                        user.as_deref().unwrap_or("an unnamed client")
-                    ),
+                    std::io::ErrorKind::TimedOut,
+                    format!("no handshake within {deadline:?}"),
                 );
-                return refusals.note(what, addr, &e);
+                self.refusals.note(what, addr, &e);
+                return None;
             }
-            let _ = tx.send((tls, Remote { addr, user })).await;
-        });
-    }
-}
-
-impl Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = Remote;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(c) => c,
-            // The accept loop only ends when this listener is dropped.
-            None => std::future::pending().await,
+        };
+        let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+        let user = cert.and_then(|c| common_name(c));
+        if self.members_only && !cert.is_some_and(|c| is_member(c)) {
+            let e = std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "the certificate of {} is not a member's (OU={MEMBER_OU}: flotctl ca issue --member)",
+                    user.as_deref().unwrap_or("an unnamed client")
+                ),
+            );
+            self.refusals.note(what, addr, &e);
+            return None;
         }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(Remote {
-            addr: self.local,
-            user: None,
-        })
-    }
-}
-
-/// A plain TCP listener that reports its connections as [`Remote`]s (without a user).
-pub(crate) struct PlainListener(pub(crate) TcpListener);
-
-impl Listener for PlainListener {
-    type Io = TcpStream;
-    type Addr = Remote;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (io, addr) = Listener::accept(&mut self.0).await;
-        (io, Remote { addr, user: None })
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(Remote {
-            addr: self.0.local_addr()?,
-            user: None,
-        })
-    }
-}
-
-impl Connected<IncomingStream<'_, TlsListener>> for Remote {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        stream.remote_addr().clone()
-    }
-}
-
-impl Connected<IncomingStream<'_, PlainListener>> for Remote {
-    fn connect_info(stream: IncomingStream<'_, PlainListener>) -> Self {
-        stream.remote_addr().clone()
+        Some((tls, Remote { addr, user }))
     }
 }
 

@@ -26,8 +26,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
 use crate::cluster::Cluster;
+use crate::listener::Limits;
 use crate::raft::{id_hex, node_id};
-use crate::tls::{PlainListener, Remote, TlsListener};
+use crate::tls::Acceptor;
 
 /// The etcd server version this API reports (the v2 API of etcd 3.4).
 pub(crate) const ETCD_VERSION: &str = "3.4.30";
@@ -116,14 +117,15 @@ pub(crate) fn json(status: StatusCode, headers: HeaderMap, body: &serde_json::Va
     (status, headers, text).into_response()
 }
 
-/// Serves the client API on `listener` until `cancel`: HTTPS with `tls`, and every route
-/// behind `auth` (see `crate::auth`).
+/// Serves the client API on `listener` until `cancel`: HTTPS with `tls`, every route behind
+/// `auth` (see `crate::auth`), connections within `limits` (see `crate::listener`).
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<Arc<ServerConfig>>,
     api: Api,
     max_body_bytes: usize,
     auth: Arc<Auth>,
+    limits: Limits,
     cancel: CancellationToken,
 ) {
     let app = Router::new()
@@ -173,25 +175,8 @@ pub(crate) async fn serve(
         auth,
         crate::auth::layer,
     ));
-    let service = app.into_make_service_with_connect_info::<Remote>();
-    let served = match tls {
-        Some(tls) => match TlsListener::new(listener, tls, "client API") {
-            Ok(l) => {
-                axum::serve(l, service)
-                    .with_graceful_shutdown(cancel.cancelled_owned())
-                    .await
-            }
-            Err(e) => Err(e),
-        },
-        None => {
-            axum::serve(PlainListener(listener), service)
-                .with_graceful_shutdown(cancel.cancelled_owned())
-                .await
-        }
-    };
-    if let Err(e) = served {
-        tracing::error!("client API server failed: {e}");
-    }
+    let tls = tls.map(|config| Acceptor::new(config, "client API"));
+    crate::listener::serve(listener, tls, app, limits, "client API", cancel).await;
 }
 
 async fn version() -> Response {

@@ -5,6 +5,7 @@ mod dns;
 mod faults;
 mod images;
 mod kv;
+mod limits;
 mod packaging;
 mod reconcile;
 mod reload;
