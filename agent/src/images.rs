@@ -486,7 +486,9 @@ fn ancestors_within<'a>(root: &'a Path, dir: &'a Path) -> impl Iterator<Item = &
 }
 
 /// How to run an image: pure but for reading its root file system (to resolve the command and
-/// the user). `command` empty: the image's entrypoint + cmd; `None`: no command.
+/// the user). `command` empty: the image's entrypoint + cmd; other arguments: the image's
+/// entrypoint + them, in place of its cmd (`docker run IMAGE ARGS`, Podman's `Exec=`); `None`:
+/// no command.
 pub(crate) fn service_spec(
     image: &str,
     root: &Path,
@@ -497,7 +499,7 @@ pub(crate) fn service_spec(
     let mut command = match command {
         None => Vec::new(),
         Some([]) => config.command(),
-        Some(c) => c.to_vec(),
+        Some(args) => config.entrypoint.iter().chain(args).cloned().collect(),
     };
     if wanted && command.is_empty() {
         return Err(Error::NoCommand(image.to_owned()));
@@ -651,6 +653,12 @@ mod tests {
         let spec = service_spec("r", dir.path(), &c, Some(&["/bin/true".into()])).unwrap();
         assert_eq!(spec.command, ["/bin/true"]);
         assert_eq!(spec.group.as_deref(), Some("50"));
+
+        // Arguments go after the entrypoint, in place of the cmd (`docker run IMAGE ARGS`).
+        c.entrypoint = vec!["/bin/sh".into(), "-c".into()];
+        let spec = service_spec("r", dir.path(), &c, Some(&["echo $0".into()])).unwrap();
+        assert_eq!(spec.command, ["/bin/sh", "-c", "echo $0"]);
+        c.entrypoint = vec![];
 
         let err = service_spec("r", dir.path(), &c, Some(&["nope".into()])).unwrap_err();
         assert!(err.to_string().contains("\"nope\" is not found"), "{err}");

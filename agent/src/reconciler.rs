@@ -816,9 +816,11 @@ impl Reconciler {
             .unit
             .section("Service")
             .is_some_and(|s| !s.values("ExecStart").is_empty());
-        // The image's command is resolved only when the unit gives none.
+        // The image's command is resolved only when the unit gives none: its entrypoint and
+        // cmd, or its entrypoint and `[X-Flotilla] Args=`.
+        let args = v.flotilla.args.clone().unwrap_or_default();
         let spec = images
-            .service(&image, if has_exec { None } else { Some(&[]) })
+            .service(&image, if has_exec { None } else { Some(&args) })
             .await;
         match spec {
             Ok(spec) => Prep::Image(dropin(&spec, &v.unit, !has_exec)),

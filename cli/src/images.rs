@@ -517,7 +517,8 @@ pub(crate) mod run {
         pub(super) machine: Option<String>,
         /// The image: [HOST[:PORT]/]NAME[:TAG][@DIGEST]
         pub(super) image: String,
-        /// The command and its arguments (default: the image's entrypoint and cmd)
+        /// The arguments after the image's entrypoint, in place of its cmd, as with `docker
+        /// run` (an image without an entrypoint runs them as its command; none: its cmd)
         #[arg(allow_hyphen_values = true, value_name = "CMD")]
         pub(super) command: Vec<String>,
     }

@@ -752,32 +752,28 @@ fn run_id() -> u64 {
     nanos ^ (u64::from(std::process::id()) << 40)
 }
 
-/// The unit of a one-off run of `command` (empty: the image's own) in `image` on the machine
-/// `machine_id`: a oneshot that stays active once it succeeded, so its end is visible.
+/// The unit of a one-off run of `command` (the arguments after the image's entrypoint, as
+/// `docker run` takes them; empty: the image's own cmd) in `image` on the machine `machine_id`:
+/// a oneshot that stays active once it succeeded, so its end is visible.
 fn one_off_unit(image: &str, command: &[String], machine_id: &str) -> String {
     let mut text = format!(
-        "[Unit]\nDescription=flotctl run {image}\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\n"
+        "[Unit]\nDescription=flotctl run {image}\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\n\n[X-Fleet]\nMachineID={machine_id}\n\n[X-Flotilla]\nImage={image}\n"
     );
     if !command.is_empty() {
         let words: Vec<String> = command.iter().map(|w| quote_word(w)).collect();
-        text.push_str(&format!("ExecStart={}\n", words.join(" ")));
+        text.push_str(&format!("Args={}\n", words.join(" ")));
     }
-    text.push_str(&format!(
-        "\n[X-Fleet]\nMachineID={machine_id}\n\n[X-Flotilla]\nImage={image}\n"
-    ));
     text
 }
 
-/// `word` as one word of a systemd command line: double-quoted, with `\`, `"`, `$` and `%`
-/// escaped (no variable or specifier expansion).
+/// `word` as one word of `[X-Flotilla] Args=`: double-quoted, with `\` and `"` escaped (the
+/// words of `Args=` are taken literally: no variable or specifier expansion).
 fn quote_word(word: &str) -> String {
     let mut out = String::from("\"");
     for c in word.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
             '"' => out.push_str("\\\""),
-            '$' => out.push_str("$$"),
-            '%' => out.push_str("%%"),
             '\n' => out.push_str("\\n"),
             c => out.push(c),
         }
@@ -832,16 +828,13 @@ mod tests {
             "{:?}",
             v.diagnostics
         );
-        let exec = flotilla_units::exec::parse(v.unit.value("Service", "ExecStart").unwrap());
-        // Quotes and backslashes survive the command line; `$` and `%` are doubled for the
-        // expansions systemd does after splitting it.
-        assert_eq!(
-            exec.commands[0].argv,
-            ["/bin/sh", "-c", "echo \"$$HOME\" 50%% \\ done"],
-        );
+        // The words arrive as they were given (the agent escapes `$` and `%` when it writes the
+        // ExecStart= that runs them after the image's entrypoint).
+        assert_eq!(v.flotilla.args.as_deref(), Some(&cmd[..]));
+        assert!(v.unit.value("Service", "ExecStart").is_none());
         assert!(text.contains("MachineID=abc\n") && text.contains("Image=r:5000/busybox:v1\n"));
         // no command: the image's own
-        assert!(!one_off_unit("i", &[], "abc").contains("ExecStart"));
+        assert!(!one_off_unit("i", &[], "abc").contains("Args"));
     }
 
     #[test]

@@ -213,6 +213,24 @@ fn check_service(unit: &Unit, diags: &mut Vec<Diagnostic>) {
     // An image unit without ExecStart= runs the image's entrypoint and command: the agent
     // writes that ExecStart= when it starts the unit, so systemd sees one.
     let image_starts = start.is_empty() && unit.value("X-Flotilla", "Image").is_some();
+    // `[X-Flotilla] Args=` only means something to an image unit that has no ExecStart=.
+    if let Some(args) = unit
+        .section("X-Flotilla")
+        .and_then(|s| s.last("Args"))
+        .filter(|e| !e.value.is_empty())
+    {
+        if unit.value("X-Flotilla", "Image").is_none() {
+            diags.push(Diagnostic::warning(
+                &args.at,
+                "Args= without Image= means nothing, ignoring".to_owned(),
+            ));
+        } else if !start.is_empty() {
+            diags.push(Diagnostic::warning(
+                &args.at,
+                "Args= is ignored: the unit's ExecStart= is the whole command".to_owned(),
+            ));
+        }
+    }
     // systemd's default type (service_fix_up): dbus with BusName=, oneshot without
     // ExecStart=, simple otherwise.
     let default_type = if value("BusName").is_some() {

@@ -223,6 +223,20 @@ impl ExecLine {
     }
 }
 
+/// Splits `value` into words as systemd splits a command line (quotes, C escapes), without
+/// prefixes or `;` separators: every word, `;` included, is an argument.
+pub fn words(value: &str) -> Result<Vec<String>, ExecError> {
+    let mut rest = value;
+    let mut warnings = Vec::new();
+    let mut out = Vec::new();
+    loop {
+        match next_word(&mut rest, &mut warnings, value)? {
+            Word::End => return Ok(out),
+            Word::Word(w, _) => out.push(w),
+        }
+    }
+}
+
 /// Parses the value of an `Exec*=` setting. An empty value is a reset (no commands).
 pub fn parse(value: &str) -> ExecLine {
     let mut line = ExecLine::default();

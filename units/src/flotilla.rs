@@ -7,6 +7,12 @@
 //!   publish the unit in DNS while it is active. `NAME` is a DNS label (default: the unit's
 //!   prefix, see [`Advertise::service_name`]), `PORT` 1–65535, the protocol `tcp` by default.
 //!
+//! - `Args=ARGS`: with `Image=` and no `ExecStart=`, run the image's entrypoint with these
+//!   arguments in place of its `Cmd` (what `docker run IMAGE ARGS` and Podman's `Exec=` do;
+//!   an image without an entrypoint runs `ARGS` as its command). Split as systemd splits a
+//!   command line (quotes, C escapes), then taken literally: no `$VAR` or `%` specifier
+//!   expansion. An empty assignment resets it.
+//!
 //! Any other key in `[X-Flotilla]` is an error: the section is ours, a typo must not pass.
 
 use crate::diagnostic::Diagnostic;
@@ -255,6 +261,8 @@ pub struct FlotillaOptions {
     pub image: Option<ImageRef>,
     /// `Advertise=`, in order.
     pub advertise: Vec<Advertise>,
+    /// `Args=`, split into words.
+    pub args: Option<Vec<String>>,
 }
 
 /// Reads `[X-Flotilla]` of `unit`; every invalid value and unknown key is an error.
@@ -276,9 +284,17 @@ pub fn options(unit: &Unit) -> (FlotillaOptions, Vec<Diagnostic>) {
                 Ok(a) => opts.advertise.push(a),
                 Err(e) => diags.push(Diagnostic::error(&entry.value_at(), e.to_string())),
             },
+            "Args" if entry.value.is_empty() => opts.args = None,
+            "Args" => match crate::exec::words(&entry.value) {
+                Ok(words) => opts.args = Some(words),
+                Err(e) => diags.push(Diagnostic::error(
+                    &entry.value_at(),
+                    format!("invalid Args= value: {e}"),
+                )),
+            },
             other => diags.push(Diagnostic::error(
                 &entry.at,
-                format!("unknown key '{other}' in [X-Flotilla]: expected Image or Advertise"),
+                format!("unknown key '{other}' in [X-Flotilla]: expected Image, Advertise or Args"),
             )),
         }
     }

@@ -6,10 +6,10 @@
 //! # Translation of `[Container]`
 //!
 //! - `Image=` (required) becomes `[X-Flotilla] Image=`.
-//! - `Exec=` and `Entrypoint=` become `ExecStart=`: `Entrypoint` followed by `Exec`, or `Exec`
-//!   alone. Neither: the image's own entrypoint and command run. (Podman keeps the image's
-//!   entrypoint in front of `Exec=`; here `Exec=` alone is the whole command, which is the same
-//!   for images without an entrypoint, busybox's among them. Give `Entrypoint=` otherwise.)
+//! - `Exec=` alone becomes `[X-Flotilla] Args=`: the image's entrypoint runs with these
+//!   arguments in place of its `Cmd`, as in podman. `Entrypoint=` (with or without `Exec=`)
+//!   becomes `ExecStart=`: `Entrypoint` followed by `Exec`. Neither: the image's own entrypoint
+//!   and command run.
 //! - `Environment=`, `EnvironmentFile=`, `WorkingDir=` (as `WorkingDirectory=`), `User=`,
 //!   `Group=` carry over to `[Service]`.
 //! - `Volume=HOST:CONTAINER[:OPTIONS]` becomes `BindPaths=` (`BindReadOnlyPaths=` with `ro`);
@@ -85,13 +85,13 @@ pub fn container_to_service(file: &str, name: &str, text: &str) -> Translated {
     };
 
     let mut service: Vec<(String, String)> = Vec::new();
-    let mut image = None;
+    let (mut image, mut args) = (None, None);
     match unit.section("Container") {
         None => diagnostics.push(Diagnostic::error(
             &start,
             "a .container file needs a [Container] section with Image=",
         )),
-        Some(c) => image = translate(c, &mut service, &mut diagnostics),
+        Some(c) => (image, args) = translate(c, &mut service, &mut diagnostics),
     }
 
     let mut out = String::new();
@@ -118,6 +118,9 @@ pub fn container_to_service(file: &str, name: &str, text: &str) -> Translated {
     }
     if let Some(image) = image {
         out.push_str(&format!("[X-Flotilla]\nImage={image}\n"));
+        if let Some(args) = args {
+            out.push_str(&format!("Args={args}\n"));
+        }
     }
     Translated {
         name: service_name,
@@ -126,12 +129,13 @@ pub fn container_to_service(file: &str, name: &str, text: &str) -> Translated {
     }
 }
 
-/// Appends the `[Service]` keys `[Container]` asks for to `service`; returns the image.
+/// Appends the `[Service]` keys `[Container]` asks for to `service`; returns the image and
+/// the arguments for its entrypoint (`Exec=` without `Entrypoint=`).
 fn translate(
     c: &Section,
     service: &mut Vec<(String, String)>,
     diagnostics: &mut Vec<Diagnostic>,
-) -> Option<String> {
+) -> (Option<String>, Option<String>) {
     let mut image = None;
     let (mut exec, mut entrypoint) = (None, None);
     for e in &c.entries {
@@ -158,11 +162,10 @@ fn translate(
             )),
         }
     }
-    let command = match (entrypoint, exec) {
-        (Some(entry), Some(exec)) => Some(format!("{entry} {exec}")),
-        (Some(entry), None) => Some(entry),
-        (None, Some(exec)) => Some(exec),
-        (None, None) => None,
+    let (command, args) = match (entrypoint, exec) {
+        (Some(entry), Some(exec)) => (Some(format!("{entry} {exec}")), None),
+        (Some(entry), None) => (Some(entry), None),
+        (None, exec) => (None, exec),
     };
     if let Some(command) = command {
         service.push(("ExecStart".into(), command));
@@ -170,7 +173,7 @@ fn translate(
     if image.is_none() {
         diagnostics.push(Diagnostic::error(&c.at, "[Container] needs Image="));
     }
-    image
+    (image, args)
 }
 
 /// `HOST:CONTAINER[:OPTIONS]` as a `BindPaths=` (or `BindReadOnlyPaths=` with `ro`) entry.
@@ -247,7 +250,6 @@ Environment=GREETING=hello
 BindReadOnlyPaths=/srv/www:/www
 BindPaths=/var/lib/web:/data
 WorkingDirectory=/www
-ExecStart=/bin/httpd -f -p 8080
 
 [Install]
 WantedBy=multi-user.target
@@ -257,6 +259,7 @@ Global=true
 
 [X-Flotilla]
 Image=registry.example:5000/busybox:latest
+Args=/bin/httpd -f -p 8080
 "
         );
         let shown: Vec<String> = t.diagnostics.iter().map(|d| d.to_string()).collect();

@@ -10,7 +10,8 @@
 //!   `?unused=true`: every image no unit assigned to this machine uses (`{"removed": [...]}`).
 //! - `POST /flotilla/v1/images/service` with `{"image": REF, "command"?: [...]}`: how systemd
 //!   runs that image here (`RootDirectory=`, the sandbox, environment, working directory,
-//!   user, the command resolved in the image), for `flotctl run`.
+//!   user, the command resolved in the image: its entrypoint then `command`, or then its cmd
+//!   when `command` is empty, as `docker run`), for `flotctl run`.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -823,6 +823,12 @@ fn runs_image_units_and_flotctl_run_on_the_testbed() {
         "echo $GREETING from the image command".into(),
     ];
     push(&registry, "busybox", &[spec], Format::Oci);
+    // An image with an entrypoint: arguments go after it, in place of its cmd.
+    let mut entry = registry::busybox_image();
+    entry.entrypoint = vec!["/bin/echo".into(), "entrypoint-says".into()];
+    entry.cmd = vec!["from-cmd".into()];
+    push(&registry, "entry", &[entry], Format::Oci);
+    let entry_image = format!("{host}/entry:v1");
     // The busybox base layer and a layer of its own, which the registry will corrupt.
     let bad = ImageSpec::new(vec![
         registry::busybox_image().layers[0].clone(),
@@ -945,6 +951,17 @@ fn runs_image_units_and_flotctl_run_on_the_testbed() {
         "{}",
         text(&out)
     );
+    // As `docker run`: the arguments follow the image's entrypoint, in place of its cmd.
+    for (args, said) in [
+        (&["from-run"][..], "entrypoint-says from-run\n"),
+        (&[][..], "entrypoint-says from-cmd\n"),
+    ] {
+        let mut argv = vec!["run", "--rm", &entry_image];
+        argv.extend(args);
+        let out = flotctl(&n1, &argv);
+        assert!(out.status.success(), "run failed: {}", text(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), said, "{}", text(&out));
+    }
 
     // run --machine: once on the other machine, its journal printed, the unit gone after.
     let out = flotctl(
@@ -1103,6 +1120,22 @@ fn runs_image_units_and_flotctl_run_on_the_testbed() {
         text(&out)
     );
     wait_journal(&n1, "ticker.service", "quadlet-tick");
+    // Exec= alone: the image's entrypoint runs with it, as in podman.
+    let quadlet = format!(
+        "[Container]\nImage={entry_image}\nExec=from-quadlet \"two words\"\n\n\
+         [Service]\nType=oneshot\nRemainAfterExit=yes\n"
+    );
+    write_in(&n1, "/tmp/greeter.container", &quadlet, false);
+    let out = flotctl(
+        &n1,
+        &["start", "--block-timeout", "90", "/tmp/greeter.container"],
+    );
+    assert!(out.status.success(), "start failed: {}", text(&out));
+    wait_journal(
+        &n1,
+        "greeter.service",
+        "entrypoint-says from-quadlet two words",
+    );
 
     // rmi is refused where a unit uses the image, and goes through once none does.
     let runner = tb.node_named(&row[1]).unwrap();
@@ -1171,6 +1204,7 @@ fn runs_image_units_and_flotctl_run_on_the_testbed() {
         "hello-image.service",
         "bad-image.service",
         "ticker.service",
+        "greeter.service",
     ] {
         let out = flotctl(&n1, &["destroy", unit]);
         assert!(out.status.success(), "destroy failed: {}", text(&out));
