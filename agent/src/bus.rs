@@ -636,18 +636,36 @@ impl Agent1 {
     }
 
     /// `systemctl status` of the unit, run on the machine that runs it (this one if it does).
+    /// Its journal lines are left out for a caller who may not read journals (as
+    /// `systemctl status` leaves them out for such a user).
     #[zbus(out_args("status"))]
-    async fn unit_status(&self, name: &str) -> Result<(UnitOutput,), Error> {
-        let out = units::status(&self.cluster, name, None)
+    async fn unit_status(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        name: &str,
+    ) -> Result<(UnitOutput,), Error> {
+        let mut out = units::status(&self.cluster, name, None)
             .await
             .map_err(unit_error)?;
+        if !may_read_journals(conn, &header, "UnitStatus").await? {
+            out.output = without_journal(&out.output);
+        }
         Ok((unit_output(out),))
     }
 
     /// The last `lines` lines (at most 10000) of the unit's journal, read on the machine that
-    /// runs it (this one if it does).
+    /// runs it (this one if it does). Root, the `flotilla` group and the groups that may read
+    /// the whole journal (`systemd-journal`, `adm`) only.
     #[zbus(out_args("journal"))]
-    async fn journal_lines(&self, name: &str, lines: u32) -> Result<(UnitOutput,), Error> {
+    async fn journal_lines(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        name: &str,
+        lines: u32,
+    ) -> Result<(UnitOutput,), Error> {
+        authorize_journal(conn, &header, "JournalLines").await?;
         let out = units::journal(&self.cluster, name, lines, None, None)
             .await
             .map_err(unit_error)?;
@@ -660,10 +678,13 @@ impl Agent1 {
     #[zbus(out_args("journal"))]
     async fn journal_after(
         &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
         name: &str,
         cursor: &str,
         lines: u32,
     ) -> Result<(UnitOutput,), Error> {
+        authorize_journal(conn, &header, "JournalAfter").await?;
         let out = units::journal(&self.cluster, name, lines, Some(cursor), None)
             .await
             .map_err(unit_error)?;
@@ -919,6 +940,37 @@ fn etcd_params(
 
 /// Allows `method` for root and members of the `flotilla` group only.
 async fn authorize(conn: &Connection, header: &Header<'_>, method: &str) -> Result<(), Error> {
+    let (uid, groups) = caller(conn, header, method).await?;
+    if uid == 0 || group_id(agent1::GROUP).is_some_and(|gid| groups.contains(&gid)) {
+        return Ok(());
+    }
+    Err(Error::AccessDenied(format!(
+        "{method} changes the cluster: it needs root or the group {}, and uid {uid} is neither",
+        agent1::GROUP
+    )))
+}
+
+/// Whether the caller may read units' journals: root, the [`agent1::GROUP`] group, or a group
+/// that may read the whole journal with journalctl ([`agent1::JOURNAL_GROUPS`]).
+async fn may_read_journals(
+    conn: &Connection,
+    header: &Header<'_>,
+    method: &str,
+) -> Result<bool, Error> {
+    let (uid, groups) = caller(conn, header, method).await?;
+    Ok(uid == 0
+        || std::iter::once(agent1::GROUP)
+            .chain(agent1::JOURNAL_GROUPS.iter().copied())
+            .filter_map(group_id)
+            .any(|gid| groups.contains(&gid)))
+}
+
+/// The caller's uid and groups, as the bus vouches for them.
+async fn caller(
+    conn: &Connection,
+    header: &Header<'_>,
+    method: &str,
+) -> Result<(u32, Vec<u32>), Error> {
     let sender = sender(header)?;
     let bus = zbus::fdo::DBusProxy::new(conn)
         .await
@@ -931,26 +983,41 @@ async fn authorize(conn: &Connection, header: &Header<'_>, method: &str) -> Resu
         .map_err(|e| Error::Failed(format!("cannot get the credentials of {sender}: {e}")))?;
     let Some(uid) = creds.unix_user_id() else {
         return Err(Error::AccessDenied(format!(
-            "{method} needs root or the group {}; the bus does not say who {sender} is",
-            agent1::GROUP
+            "{method} needs to know who calls; the bus does not say who {sender} is"
         )));
     };
-    if uid == 0 {
+    let groups = match creds.unix_group_ids() {
+        Some(g) => g.clone(),
+        None => creds.process_id().map(process_groups).unwrap_or_default(),
+    };
+    Ok((uid, groups))
+}
+
+/// Refuses a caller who may not read journals (see [`may_read_journals`]).
+async fn authorize_journal(
+    conn: &Connection,
+    header: &Header<'_>,
+    method: &str,
+) -> Result<(), Error> {
+    if may_read_journals(conn, header, method).await? {
         return Ok(());
     }
-    if let Some(gid) = group_id(agent1::GROUP) {
-        let groups = match creds.unix_group_ids() {
-            Some(g) => g.clone(),
-            None => creds.process_id().map(process_groups).unwrap_or_default(),
-        };
-        if groups.contains(&gid) {
-            return Ok(());
-        }
-    }
     Err(Error::AccessDenied(format!(
-        "{method} changes the cluster: it needs root or the group {}, and uid {uid} is neither",
-        agent1::GROUP
+        "{method} reads a unit's journal: it needs root or the group {}, {} (as journalctl does)",
+        agent1::GROUP,
+        agent1::JOURNAL_GROUPS.join(" or ")
     )))
+}
+
+/// `systemctl status` output without its journal lines (everything after the first blank line),
+/// saying so.
+fn without_journal(status: &str) -> String {
+    let head = status.split("\n\n").next().unwrap_or_default();
+    format!(
+        "{head}\n\nJournal lines left out: reading them needs root or the group {}, {}.\n",
+        agent1::GROUP,
+        agent1::JOURNAL_GROUPS.join(" or ")
+    )
 }
 
 fn sender(header: &Header<'_>) -> Result<String, Error> {

@@ -23,8 +23,10 @@
 //! - Cluster: `ListMembers`, `AddMember`, `RemoveMember`, `Health`; properties `Leader`,
 //!   `Members`, `Version` (with `PropertiesChanged`) and the signal `LeaderChanged`.
 //!
-//! Access: everyone may read; the methods in [`MUTATING_METHODS`] are for root and the
-//! [`GROUP`] group only. The bus policy ([`POLICY`]) says so, and the agent checks the caller's
+//! Access: everyone may read the cluster's state; units' journals (`JournalLines`,
+//! `JournalAfter`, the log lines of `UnitStatus`) only root, [`GROUP`] and
+//! [`JOURNAL_GROUPS`], as journalctl allows; the methods in [`MUTATING_METHODS`] are for root
+//! and the [`GROUP`] group only. The bus policy ([`POLICY`]) says so, and the agent checks the caller's
 //! uid and groups itself, so a permissive bus configuration does not open them.
 //!
 //! # Example usage
@@ -55,6 +57,10 @@ pub const INTERFACE: &str = "org.flotilla.Agent1";
 pub const ERROR_PREFIX: &str = "org.flotilla.Agent1.Error";
 /// The group whose members may call the methods that change state (besides root).
 pub const GROUP: &str = "flotilla";
+/// Groups that may read the whole journal with journalctl, and so units' journals through the
+/// agent (`JournalLines`, `JournalAfter`, the log lines of `UnitStatus`), besides root and
+/// [`GROUP`].
+pub const JOURNAL_GROUPS: &[&str] = &["systemd-journal", "adm"];
 /// The methods that change state: root and [`GROUP`] only.
 pub const MUTATING_METHODS: &[&str] = &[
     "SetKey",

@@ -861,7 +861,29 @@ async fn units_over_busctl_signal_their_states_and_flotctl_walks_them_over_dbus(
     // An unprivileged user reads units but may not change them.
     let listed = call(&other, true, "ListUnits", &[]).unwrap();
     assert_eq!(listed[0][0][0], "hello.service");
-    assert!(call(&other, true, "UnitStatus", &["s", "hello.service"]).is_ok());
+    // ... and its status, without the journal lines, which only root, the flotilla group and
+    // the journal's groups read (as journalctl allows).
+    let status = call(&other, true, "UnitStatus", &["s", "hello.service"]).unwrap();
+    let out = status[0][1].as_str().unwrap();
+    assert!(out.contains("Active: active (running)"), "{out}");
+    assert!(
+        out.contains("Journal lines left out") && !out.contains(": Hello Fleet"),
+        "{out}"
+    );
+    for (method, args) in [
+        ("JournalLines", &["string:hello.service", "uint32:3"][..]),
+        (
+            "JournalAfter",
+            &["string:hello.service", "string:", "uint32:3"][..],
+        ),
+    ] {
+        let refused = dbus_send(&other, true, method, args);
+        assert!(
+            text(&refused.stderr).starts_with("Error org.flotilla.Agent1.Error.AccessDenied"),
+            "{method}: {}",
+            text(&refused.stderr)
+        );
+    }
     let refused = dbus_send(&other, true, "StartUnit", &["string:hello.service"]);
     assert!(
         text(&refused.stderr).starts_with("Error org.freedesktop.DBus.Error.AccessDenied"),
