@@ -13,7 +13,8 @@
 //!
 //! 1. reads the units assigned to this machine (by its name) from the applied state;
 //! 2. writes the unit files that are missing or differ to `/run/systemd/system/NAME`, each
-//!    opening with [`MANAGED`] (a file without that line is never written nor removed), and
+//!    opening with [`MANAGED`] (a file without that line is never written nor removed, and its
+//!    unit is left alone: no drop-in, no job; it is reported `failed`/`foreign-file`), and
 //!    stops then removes the managed files of units that left this machine; a unit whose text
 //!    and image are those it was last written or checked with is not read again;
 //! 3. one `Reload` if any file changed;
@@ -31,7 +32,8 @@
 //!
 //! A unit with `[X-Flotilla] Image=REF` runs in that image. Its image is taken from the store,
 //! or else pulled in a task of its own (a pass never waits for a registry): meanwhile the unit
-//! is reported `stub`/`activating`/`pulling` and nothing of it is written. A failed pull is
+//! is reported `stub`/`activating`/`pulling` and nothing of it is written (a running copy that
+//! should not run any more is still stopped). A failed pull is
 //! reported as the unit's failure (`failed`/`pull-failed`, the registry's error as its result)
 //! and retried with a doubling backoff ([`RETRY_PULL`] to [`MAX_RETRY_PULL`]). Once the image is
 //! there, the unit file is written with a drop-in `NAME.d/50-flotilla-image.conf` (also opening
@@ -270,6 +272,8 @@ struct Reconciler {
     /// with the states it reported: while the cluster's view equals it and systemd signalled
     /// nothing, a change elsewhere in the cluster needs no pass here.
     settled: Option<BTreeMap<String, Want>>,
+    /// Units whose file is not flotilla's, already warned about.
+    foreign: BTreeSet<String>,
     /// The unit file and drop-in each unit was last written or checked with, so a pass reads
     /// only the files of units whose text or image changed (a file edited by hand is put back
     /// when its unit changes, or when the agent restarts).
@@ -331,8 +335,11 @@ enum Prep {
     Plain,
     /// Its image is there: the unit file and this drop-in.
     Image(String),
-    /// Its image is not there yet (or failed): report this and write nothing.
+    /// Its image is not there yet (or failed): report this and write nothing (a running one
+    /// that should not run any more is stopped).
     Waiting(Reported),
+    /// Its file in the unit directory is not flotilla's: report this and touch nothing.
+    Foreign(Reported),
 }
 
 impl Reconciler {
@@ -361,6 +368,7 @@ impl Reconciler {
             refused: HashMap::new(),
             watched: Default::default(),
             settled: None,
+            foreign: BTreeSet::new(),
             verified: HashMap::new(),
             images,
             pulls: HashMap::new(),
@@ -508,17 +516,31 @@ impl Reconciler {
 
         // Units assigned here: write what is missing or differs (only flotilla's files).
         self.verified.retain(|name, _| wanted.contains_key(name));
+        let mut foreign = Vec::new();
         for (name, want) in &wanted {
             let files = match &preps[name] {
-                Prep::Waiting(_) => continue,
+                Prep::Waiting(_) | Prep::Foreign(_) => continue,
                 Prep::Plain => (want.text.clone(), None),
                 Prep::Image(dropin) => (want.text.clone(), Some(dropin.clone())),
             };
             if self.verified.get(name) == Some(&files) {
                 continue;
             }
+            // A file that is not flotilla's is left alone, and so is its unit (no drop-in, no
+            // job): it is reported failed, saying why, until the file goes.
+            let path = self.dir.join(name);
+            let content = format!("{MANAGED}{}", want.text);
+            let existing = match std::fs::read_to_string(&path) {
+                Ok(existing) => Some(existing),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(file_error(&path, e)),
+            };
+            if existing.as_ref().is_some_and(|e| !e.starts_with(MANAGED)) {
+                foreign.push((name.clone(), path));
+                continue;
+            }
             match &preps[name] {
-                Prep::Waiting(_) => continue,
+                Prep::Waiting(_) | Prep::Foreign(_) => continue,
                 Prep::Plain => {
                     if remove_dropin(&self.dir, name)? {
                         self.rewritten.insert(name.clone());
@@ -533,26 +555,34 @@ impl Reconciler {
                     }
                 }
             }
-            let path = self.dir.join(name);
-            let content = format!("{MANAGED}{}", want.text);
-            match std::fs::read_to_string(&path) {
-                Ok(existing) if existing == content => {
-                    self.verified.insert(name.clone(), files);
-                    continue;
-                }
-                Ok(existing) if !existing.starts_with(MANAGED) => {
-                    tracing::warn!(unit = %name, "{} exists and is not flotilla's: not touching it, ignoring", path.display());
-                    continue;
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(file_error(&path, e)),
+            if existing.as_ref() == Some(&content) {
+                self.verified.insert(name.clone(), files);
+                continue;
             }
             self.needs_reload = true;
             write_file(&path, &content)?;
             stats.written += 1;
             self.rewritten.insert(name.clone());
             self.verified.insert(name.clone(), files);
+        }
+        self.foreign
+            .retain(|name| foreign.iter().any(|(n, _)| n == name));
+        for (name, path) in foreign {
+            if self.foreign.insert(name.clone()) {
+                tracing::warn!(unit = %name, "{} exists and is not flotilla's: leaving the unit alone and reporting it failed", path.display());
+            }
+            let state = Reported {
+                load: "stub".into(),
+                active: "failed".into(),
+                sub: "foreign-file".into(),
+                result: format!(
+                    "refused: {} exists and is not flotilla's (it has no '{}' line)",
+                    path.display(),
+                    MANAGED.trim_end()
+                ),
+                ..Reported::default()
+            };
+            preps.insert(name.clone(), Prep::Foreign(state));
         }
         if self.needs_reload {
             let t = Instant::now();
@@ -564,17 +594,29 @@ impl Reconciler {
         // Jobs for what differs (the states of every unit in one call).
         let ready: Vec<&str> = wanted
             .keys()
-            .filter(|n| !matches!(preps[n.as_str()], Prep::Waiting(_)))
+            .filter(|n| !matches!(preps[n.as_str()], Prep::Waiting(_) | Prep::Foreign(_)))
             .map(String::as_str)
             .collect();
-        let before = self.unit_states(&ready).await?;
+        // A unit waiting for its image that should not run any more is still stopped.
+        let waiting_to_stop: Vec<&str> = wanted
+            .iter()
+            .filter(|(n, w)| {
+                matches!(preps[n.as_str()], Prep::Waiting(_)) && w.desired != Desired::Launched
+            })
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let listed: Vec<&str> = ready.iter().chain(&waiting_to_stop).copied().collect();
+        let before = self.unit_states(&listed).await?;
         self.refused.retain(|name, _| wanted.contains_key(name));
         self.rewritten.retain(|name| wanted.contains_key(name));
         // What each unit needs, decided first; then the jobs are sent together (systemd
         // queues them in order, and a pass does not wait a round trip per unit).
         let mut decided: Vec<(&String, Option<JobKind>)> = Vec::new();
         for (name, want) in &wanted {
-            if matches!(preps[name], Prep::Waiting(_)) {
+            let waiting = matches!(preps[name], Prep::Waiting(_));
+            if matches!(preps[name], Prep::Foreign(_))
+                || (waiting && !waiting_to_stop.contains(&name.as_str()))
+            {
                 continue;
             }
             let active = before
@@ -681,7 +723,7 @@ impl Reconciler {
         let mut settled = wanted.clone();
         for (name, want) in &wanted {
             match preps.remove(name) {
-                Some(Prep::Waiting(mut state)) => {
+                Some(Prep::Waiting(mut state) | Prep::Foreign(mut state)) => {
                     state.since_ms = match &want.reported {
                         Some(r) if r.active == state.active => r.since_ms,
                         _ => crate::liveness::now_ms(),

@@ -135,3 +135,76 @@ fn a_finished_oneshot_is_not_run_again_until_restarted() {
     assert!(out.status.success(), "flotctl start: {}", text(&out));
     wait_ran(&n, 3);
 }
+
+/// The `list-units --output json` row of `unit`, if any.
+fn row(node: &Node<'_>, unit: &str) -> serde_json::Value {
+    let out = flotctl(node, &["--output", "json", "list-units"]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    rows.as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["unit"] == unit)
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_unit_whose_file_is_not_flotillas_is_left_alone_and_reported() {
+    let tb = Testbed::up(Options::new(1).agent(Options::default_agent())).unwrap();
+    let n = tb.node(1);
+    n.wait_active("flotillad.service", DEADLINE).unwrap();
+    wait_machines_up(&n, 1);
+
+    // The admin's own file, in the directory flotilla writes to.
+    let theirs = "[Service]\nExecStart=/bin/sleep 1000\n";
+    write(&n, "/run/systemd/system/mine.service", theirs);
+    write(&n, "/tmp/mine.service", SLEEPER);
+    let out = flotctl(&n, &["start", "--no-block", "/tmp/mine.service"]);
+    assert!(out.status.success(), "flotctl start: {}", text(&out));
+    wait_for(DEADLINE, "mine.service reported as not flotilla's", || {
+        let r = row(&n, "mine.service");
+        if r["active"] == "failed"
+            && r["result"].as_str().is_some_and(|s| {
+                s.contains("/run/systemd/system/mine.service exists and is not flotilla's")
+            })
+        {
+            Ok(())
+        } else {
+            Err(Some(r.to_string()))
+        }
+    })
+    .unwrap();
+    // Untouched: not started, no drop-in, the file as the admin wrote it.
+    let state = n
+        .stdout(&["systemctl", "is-active", "mine.service"])
+        .unwrap_or_default();
+    assert_eq!(state.trim(), "inactive");
+    assert_eq!(
+        n.stdout(&["cat", "/run/systemd/system/mine.service"])
+            .unwrap(),
+        theirs.trim_end()
+    );
+    assert!(
+        n.exec(&["test", "-e", "/run/systemd/system/mine.service.d"])
+            .unwrap()
+            .status
+            .code()
+            == Some(1),
+        "a drop-in directory was made for a unit that is not flotilla's"
+    );
+
+    // Once the admin's file is gone, the next pass (any change wakes one) runs flotilla's.
+    let out = n.exec(&["rm", "/run/systemd/system/mine.service"]).unwrap();
+    assert!(out.status.success());
+    write(&n, "/tmp/waker.service", SLEEPER);
+    start(&n, "/tmp/waker.service");
+    wait_for(DEADLINE, "mine.service run by flotilla", || {
+        let r = row(&n, "mine.service");
+        if r["active"] == "active" {
+            Ok(())
+        } else {
+            Err(Some(r.to_string()))
+        }
+    })
+    .unwrap();
+}
