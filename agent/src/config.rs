@@ -95,6 +95,9 @@ pub(crate) struct ClusterConfig {
     pub(crate) tls_cert: Option<PathBuf>,
     /// Its private key (PEM).
     pub(crate) tls_key: Option<PathBuf>,
+    /// The cluster CA's revocation list (PEM, `flotctl ca revoke`): revoked members are
+    /// refused both ways. Reloaded on SIGHUP.
+    pub(crate) tls_crl: Option<PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -110,6 +113,7 @@ impl Default for ClusterConfig {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            tls_crl: None,
         }
     }
 }
@@ -141,6 +145,8 @@ pub(crate) struct ApiConfig {
     pub(crate) tls_cert: Option<PathBuf>,
     /// Its private key (PEM).
     pub(crate) tls_key: Option<PathBuf>,
+    /// The client CA's revocation list (PEM): a revoked client certificate is refused.
+    pub(crate) tls_crl: Option<PathBuf>,
     /// Users with a token each: `[[api.users]] name, token_sha256, role`.
     pub(crate) users: Vec<crate::auth::User>,
     /// A TOML file of more `[[users]]` in the same shape (kept apart, e.g. mode 0600).
@@ -163,6 +169,7 @@ impl Default for ApiConfig {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            tls_crl: None,
             users: Vec::new(),
             tokens_file: None,
             allow_plain_http: false,
@@ -626,6 +633,7 @@ impl Config {
                 ("cluster.tls_cert", &c.tls_cert),
                 ("cluster.tls_key", &c.tls_key),
             ],
+            ("cluster.tls_crl", &c.tls_crl),
         )?;
         let api_tls = tls_files(
             "api",
@@ -634,6 +642,7 @@ impl Config {
                 ("api.tls_cert", &a.tls_cert),
                 ("api.tls_key", &a.tls_key),
             ],
+            ("api.tls_crl", &a.tls_crl),
         )?;
         let mut users = a.users.clone();
         if let Some(path) = &a.tokens_file {
@@ -724,17 +733,28 @@ struct Security {
     users: Vec<crate::auth::User>,
 }
 
-/// All three TLS keys of `section`, or none.
+/// All three TLS keys of `section`, or none; the optional `tls_crl` only with them.
 fn tls_files(
     section: &str,
     keys: [(&'static str, &Option<PathBuf>); 3],
+    crl: (&'static str, &Option<PathBuf>),
 ) -> Result<Option<TlsFiles>, Error> {
     match keys {
-        [(_, None), (_, None), (_, None)] => Ok(None),
+        [(_, None), (_, None), (_, None)] => match crl {
+            (key, Some(_)) => Err(Error::Invalid {
+                key,
+                reason: format!(
+                    "needs TLS: a revocation list applies to [{section}] tls_ca, tls_cert and \
+                     tls_key, which are not set"
+                ),
+            }),
+            (_, None) => Ok(None),
+        },
         [(_, Some(ca)), (_, Some(cert)), (_, Some(key))] => Ok(Some(TlsFiles {
             ca: ca.clone(),
             cert: cert.clone(),
             key: key.clone(),
+            crl: crl.1.clone(),
         })),
         _ => {
             let set: Vec<&str> = keys.iter().filter(|k| k.1.is_some()).map(|k| k.0).collect();
@@ -978,6 +998,32 @@ mod tests {
             Some("[2001:db8::1]:53".parse().unwrap())
         );
         assert_eq!(parse_upstream("0.0.0.0"), None);
+    }
+
+    #[test]
+    fn a_crl_needs_tls() {
+        let cfg = Config::parse("name = \"n1\"\n[cluster]\ntls_crl = \"/ca.crl\"\n").unwrap();
+        let err = cfg.settings().unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                Error::Invalid {
+                    key: "cluster.tls_crl",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let cfg = Config::parse(
+            "name = \"n1\"\n[cluster]\nlisten_peer = \"127.0.0.1:2380\"\n[api]\n\
+             tls_ca = \"/ca\"\ntls_cert = \"/c\"\ntls_key = \"/k\"\ntls_crl = \"/ca.crl\"\n",
+        )
+        .unwrap();
+        let s = cfg.settings().unwrap();
+        assert_eq!(
+            s.api_tls.and_then(|t| t.crl),
+            Some(PathBuf::from("/ca.crl"))
+        );
     }
 
     #[test]

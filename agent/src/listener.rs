@@ -348,7 +348,18 @@ async fn connection(
     };
     drop(handshake);
     if let Some((tls, remote)) = shaken {
-        http(&shared, tls, remote, &cancel).await;
+        // A CRL loaded later that revokes the client's certificate ends the connection.
+        let revoked = acceptor.revocation(&tls);
+        let (addr, user) = (remote.addr, remote.user.clone());
+        tokio::select! {
+            () = http(&shared, tls, remote, &cancel) => {}
+            () = revoked => tracing::warn!(
+                remote = %addr,
+                "{}: closed the connection of {}: its client certificate was revoked (tls_crl)",
+                shared.what,
+                user.as_deref().unwrap_or("an unnamed client")
+            ),
+        }
     }
 }
 

@@ -144,9 +144,13 @@ Signals:
   SIGTERM, SIGINT  A graceful stop: STOPPING=1; the client API stops accepting and its in-flight
                    requests finish (at most 5 s); then Raft shuts down. Exit status 0.
   SIGHUP           Reload (systemctl reload flotillad): the config file is read again and checked.
-                   [machine] metadata applies at once (the next heartbeat carries it), and the
-                   log filter is set again from the environment; other keys that changed are
-                   named and take effect on restart.
+                   [machine] metadata applies at once (the next heartbeat carries it), the
+                   log filter is set again from the environment, and the tls_ca, tls_cert,
+                   tls_key and tls_crl files of [cluster] and [api] are read again: if they
+                   check, new connections use them (established ones go on, except those whose
+                   client certificate the new revocation list revokes); if not, the running
+                   ones are kept and an error names the file. Other keys that changed (and
+                   turning TLS on or off) are named and take effect on restart.
 
 systemd:
   Run as Type=notify. READY=1 once the sockets are bound, the D-Bus name is owned and this member
@@ -224,8 +228,13 @@ async fn run(s: Settings, source: Source, logging: logging::Logging) -> Result<(
         raft::state_machine::StateMachine::open(&s.data_dir, hub.clone())?.gate_on(durable.clone());
     let shared = sm.shared();
     let peers = Peers::new(s.peer_tls.as_ref()).context("cannot build the peer client")?;
-    let peer_tls = s.peer_tls.as_ref().map(tls::peer_server).transpose()?;
-    let api_tls = s.api_tls.as_ref().map(tls::api_server).transpose()?;
+    let peer_tls = s.peer_tls.as_ref().map(tls::ServerTls::peer).transpose()?;
+    let api_tls = s.api_tls.as_ref().map(tls::ServerTls::api).transpose()?;
+    let reloadable_tls = tls::Reloadable {
+        peer: peer_tls.clone(),
+        api: api_tls.clone(),
+        client: peers.clone(),
+    };
     let api_auth = auth::Auth::new(&s.api_users, api_tls.is_some());
     let raft_config = openraft::Config {
         cluster_name: "flotilla".into(),
@@ -440,7 +449,7 @@ async fn run(s: Settings, source: Source, logging: logging::Logging) -> Result<(
             }
             _ = status_tick.tick() => shown.update(&s.name, &cluster),
             _ = hangup.recv() => {
-                reload(&source, &s, &logging, &machine_tx);
+                reload(&source, &s, &logging, &machine_tx, &reloadable_tls);
                 shown.line.clear();
                 shown.update(&s.name, &cluster);
                 notify::ready(&shown.line);
@@ -518,13 +527,15 @@ impl Shown {
 /// SIGHUP / `systemctl reload`: reads the config file again and checks it; an invalid one is
 /// reported and the running settings kept. Applied at once: `[machine] metadata` (the next
 /// heartbeat carries it; the leader commits it and the scheduler places by it) and the log
-/// filter (from the environment). Every other changed key is named as taking effect on
-/// restart (sockets, membership, timings, TLS are fixed at start).
+/// filter (from the environment), and the TLS files of both sides (`tls::Reloadable`: new
+/// handshakes use them if they check). Every other changed key is named as taking effect on
+/// restart (sockets, membership, timings, turning TLS on or off are fixed at start).
 fn reload(
     source: &Source,
     running: &Settings,
     logging: &logging::Logging,
     machine: &tokio::sync::watch::Sender<Machine>,
+    tls: &tls::Reloadable,
 ) {
     notify::reloading();
     let path = source.path.display();
@@ -546,6 +557,7 @@ fn reload(
         m.metadata = new.metadata.clone();
         true
     });
+    tls.reload(new.peer_tls.as_ref(), new.api_tls.as_ref());
     if metadata_changed {
         tracing::info!(
             "reloaded {path}: machine.metadata is now {:?}",
@@ -595,8 +607,14 @@ fn reload(
             new.api_limits != running.api_limits,
         ),
         ("images", new.images != running.images),
-        ("cluster.tls_*", new.peer_tls != running.peer_tls),
-        ("api.tls_*", new.api_tls != running.api_tls),
+        (
+            "cluster.tls_* (TLS on or off)",
+            new.peer_tls.is_some() != running.peer_tls.is_some(),
+        ),
+        (
+            "api.tls_* (TLS on or off)",
+            new.api_tls.is_some() != running.api_tls.is_some(),
+        ),
         ("api.users", new.api_users != running.api_users),
         ("dns.listen", new.dns_listen != running.dns_listen),
         ("dns.domain", new.dns_domain != running.dns_domain),

@@ -3,7 +3,6 @@
 //! With `[cluster] tls_*` it speaks mutual TLS only: a peer without a certificate from the
 //! cluster CA never completes a handshake, so it reaches none of these handlers.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -18,7 +17,6 @@ use openraft::raft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
-use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Cluster, LeaderRequest};
@@ -26,7 +24,7 @@ use crate::listener::Limits;
 use crate::liveness::{Heartbeat, Liveness};
 use crate::raft::TypeConfig;
 use crate::raft::network::path;
-use crate::tls::Acceptor;
+use crate::tls::{Acceptor, ServerTls};
 
 /// The largest peer message (a batch of log entries or a snapshot chunk).
 const MAX_PEER_BODY: usize = 64 * 1024 * 1024;
@@ -54,7 +52,7 @@ struct Peer {
 /// [`LIMITS`] (see `crate::listener`).
 pub(crate) async fn serve(
     listener: TcpListener,
-    tls: Option<Arc<ServerConfig>>,
+    tls: Option<ServerTls>,
     cluster: Cluster,
     liveness: Liveness,
     cancel: CancellationToken,
@@ -68,7 +66,7 @@ pub(crate) async fn serve(
         .route(path::UNIT_OUTPUT, post(unit_output))
         .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
         .with_state(Peer { cluster, liveness });
-    let tls = tls.map(|config| Acceptor::members_only(config, "peer server"));
+    let tls = tls.map(|tls| Acceptor::members_only(tls, "peer server"));
     crate::listener::serve(listener, tls, app, LIMITS, "peer server", cancel).await;
 }
 

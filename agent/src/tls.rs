@@ -10,8 +10,17 @@
 //! once per remote address (then at debug), so a misconfigured peer retrying every second does
 //! not flood the journal.
 //!
-//! Current limitations: no certificate revocation lists, and files are read once at start
-//! (a renewed certificate takes effect on restart).
+//! Rotation and revocation: [`ServerTls`] holds a listener's current `ServerConfig` (and the
+//! serials its CRL revokes) behind a `watch` channel; [`Reloadable::reload`] (SIGHUP) reads the
+//! files again, checks them as at start and swaps them in for new handshakes, or keeps the old
+//! ones. Established connections go on, except one whose client certificate the new CRL
+//! revokes: the listener closes it ([`Acceptor::revocation`]). The peer client
+//! (`raft::network::Peers`) is rebuilt from the same files the same way. A reload checks what
+//! start checks, and more: this member's own certificate must chain to the cluster CA, be
+//! unexpired and unrevoked (at start that is only a warning), and a CRL must be the CA's.
+//!
+//! Current limitations: the CRL is a file each member is given (no OCSP, no distribution
+//! through the cluster) and is used past its nextUpdate; turning TLS on or off takes a restart.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -20,12 +29,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::crypto::{CryptoProvider, aws_lc_rs};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime,
+};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
-use tokio_rustls::rustls::{RootCertStore, ServerConfig};
+use tokio_rustls::rustls::server::danger::ClientCertVerifier;
+use tokio_rustls::rustls::{
+    CertRevocationListError, CertificateError, RootCertStore, ServerConfig,
+};
 use tokio_rustls::server::TlsStream;
 
 /// How many refused addresses are remembered (to log each once); forgotten all at once beyond.
@@ -40,6 +55,8 @@ pub(crate) struct TlsFiles {
     pub(crate) cert: PathBuf,
     /// Its private key.
     pub(crate) key: PathBuf,
+    /// The CA's certificate revocation list (PEM), when there is one (`tls_crl`).
+    pub(crate) crl: Option<PathBuf>,
 }
 
 /// Why TLS could not be set up.
@@ -119,17 +136,67 @@ fn roots(section: &str, files: &TlsFiles) -> Result<Arc<RootCertStore>, Error> {
     Ok(Arc::new(roots))
 }
 
-fn server_config(section: &str, files: &TlsFiles, require: bool) -> Result<ServerConfig, Error> {
+/// The CRLs of `tls_crl` (none without it).
+fn crls(
+    section: &str,
+    files: &TlsFiles,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, Error> {
+    let Some(path) = &files.crl else {
+        return Ok(Vec::new());
+    };
+    let pem = read(section, "tls_crl", path)?;
+    let crls = CertificateRevocationListDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(section, "tls_crl", path, e))?;
+    if crls.is_empty() {
+        return Err(file_error(
+            section,
+            "tls_crl",
+            path,
+            "holds no PEM certificate revocation list (BEGIN X509 CRL)",
+        ));
+    }
+    Ok(crls)
+}
+
+/// One listener's TLS as loaded from its files: the config and the serials its CRL revokes.
+struct Loaded {
+    config: Arc<ServerConfig>,
+    revoked: HashSet<Vec<u8>>,
+}
+
+/// Loads one listener's TLS from `files`; `reloading`: this member's own certificate must pass
+/// [`check_own`] (at start a failure there is only a warning: there is nothing to fall back to,
+/// and the peers decide).
+fn server_config(
+    section: &str,
+    files: &TlsFiles,
+    require: bool,
+    reloading: bool,
+) -> Result<Loaded, Error> {
     let roots = roots(section, files)?;
     let certs = certificates(section, "tls_cert", &files.cert)?;
     let key_pem = read(section, "tls_key", &files.key)?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| file_error(section, "tls_key", &files.key, e))?;
+    let crls = crls(section, files)?;
+    let mut revoked = HashSet::new();
+    for crl in &crls {
+        let serials = revoked_serials(crl.as_ref()).ok_or_else(|| {
+            file_error(
+                section,
+                "tls_crl",
+                files.crl.as_deref().unwrap_or(Path::new("")),
+                "is not a well-formed certificate revocation list",
+            )
+        })?;
+        revoked.extend(serials);
+    }
     let config_error = |reason: String| Error::Config {
         what: format!("[{section}] TLS"),
         reason,
     };
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider()).with_crls(crls);
     let verifier = if require {
         verifier
     } else {
@@ -137,6 +204,13 @@ fn server_config(section: &str, files: &TlsFiles, require: bool) -> Result<Serve
     }
     .build()
     .map_err(|e| config_error(e.to_string()))?;
+    match check_own(section, files, &certs, verifier.as_ref()) {
+        Err((e, true)) if !reloading => tracing::warn!(
+            "{e}; starting anyway, but peers and clients that check it will refuse it"
+        ),
+        Err((e, _)) => return Err(e),
+        Ok(()) => {}
+    }
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| config_error(e.to_string()))?
@@ -150,17 +224,167 @@ fn server_config(section: &str, files: &TlsFiles, require: bool) -> Result<Serve
             ))
         })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
+    Ok(Loaded {
+        config: Arc::new(config),
+        revoked,
+    })
 }
 
-/// The peer server's TLS: a client certificate from the cluster CA is required.
-pub(crate) fn peer_server(files: &TlsFiles) -> Result<Arc<ServerConfig>, Error> {
-    server_config("cluster", files, true).map(Arc::new)
+/// Checks this member's own certificate as a peer would: on the peer port it must chain to the
+/// cluster CA, be unexpired and not revoked; on both sides a CRL must be the CA's (one from
+/// another CA would refuse every client). The client API's certificate may come from another
+/// CA than the client certificates (`[api] tls_ca`), so only the CRL is checked there. The
+/// error says whether it is about the certificate (true) rather than the CRL.
+fn check_own(
+    section: &str,
+    files: &TlsFiles,
+    certs: &[CertificateDer<'static>],
+    verifier: &dyn ClientCertVerifier,
+) -> Result<(), (Error, bool)> {
+    let Some((own, intermediates)) = certs.split_first() else {
+        return Ok(());
+    };
+    let peer = section == "cluster";
+    let crl = files.crl.as_deref().unwrap_or(Path::new(""));
+    let Err(e) = verifier.verify_client_cert(own, intermediates, UnixTime::now()) else {
+        return Ok(());
+    };
+    use tokio_rustls::rustls::Error as Tls;
+    let (key, path, reason) = match e {
+        Tls::InvalidCertRevocationList(CertRevocationListError::BadSignature) => (
+            "tls_crl",
+            crl,
+            format!("is not signed by the CA in {}", files.ca.display()),
+        ),
+        e @ Tls::InvalidCertRevocationList(_) => ("tls_crl", crl, format!("is not usable: {e}")),
+        Tls::InvalidCertificate(CertificateError::Revoked) if peer => (
+            "tls_cert",
+            files.cert.as_path(),
+            format!("is revoked by {}", crl.display()),
+        ),
+        Tls::InvalidCertificate(CertificateError::UnknownRevocationStatus) => (
+            "tls_crl",
+            crl,
+            format!(
+                "is not a revocation list of the CA in {}",
+                files.ca.display()
+            ),
+        ),
+        Tls::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        ) if peer => (
+            "tls_cert",
+            files.cert.as_path(),
+            format!("is not signed by the CA in {}", files.ca.display()),
+        ),
+        Tls::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) if peer => ("tls_cert", files.cert.as_path(), "has expired".to_string()),
+        _ => return Ok(()),
+    };
+    Err((file_error(section, key, path, reason), key == "tls_cert"))
 }
 
-/// The client API's TLS: client certificates are optional, verified when sent.
-pub(crate) fn api_server(files: &TlsFiles) -> Result<Arc<ServerConfig>, Error> {
-    server_config("api", files, false).map(Arc::new)
+/// A listener's current TLS, swapped by [`Reloadable::reload`]; clones share it.
+#[derive(Clone)]
+pub(crate) struct ServerTls {
+    section: &'static str,
+    require: bool,
+    current: Arc<watch::Sender<Arc<Loaded>>>,
+}
+
+impl ServerTls {
+    fn load(section: &'static str, require: bool, files: &TlsFiles) -> Result<Self, Error> {
+        let loaded = server_config(section, files, require, false)?;
+        Ok(ServerTls {
+            section,
+            require,
+            current: Arc::new(watch::Sender::new(Arc::new(loaded))),
+        })
+    }
+
+    /// The peer server's TLS: a client certificate from the cluster CA is required.
+    pub(crate) fn peer(files: &TlsFiles) -> Result<Self, Error> {
+        ServerTls::load("cluster", true, files)
+    }
+
+    /// The client API's TLS: client certificates are optional, verified when sent.
+    pub(crate) fn api(files: &TlsFiles) -> Result<Self, Error> {
+        ServerTls::load("api", false, files)
+    }
+
+    /// Reads and checks `files` as at start, without using them yet.
+    fn prepare(&self, files: &TlsFiles) -> Result<Prepared, Error> {
+        Ok(Prepared {
+            tls: self.clone(),
+            loaded: server_config(self.section, files, self.require, true)?,
+        })
+    }
+
+    fn config(&self) -> Arc<ServerConfig> {
+        self.current.borrow().config.clone()
+    }
+}
+
+/// A listener's TLS read and checked, to be used from the next handshake on.
+struct Prepared {
+    tls: ServerTls,
+    loaded: Loaded,
+}
+
+impl Prepared {
+    /// New handshakes use it; established connections whose client certificate its CRL
+    /// revokes are closed.
+    fn install(self) {
+        self.tls.current.send_replace(Arc::new(self.loaded));
+    }
+}
+
+/// The TLS that SIGHUP reloads: both listeners' and the peer client's.
+pub(crate) struct Reloadable {
+    /// The peer server's (`[cluster]`).
+    pub(crate) peer: Option<ServerTls>,
+    /// The client API's (`[api]`), shared by its listeners.
+    pub(crate) api: Option<ServerTls>,
+    /// The peer client (`[cluster]` too).
+    pub(crate) client: crate::raft::network::Peers,
+}
+
+impl Reloadable {
+    /// Reads the files of `peer` and `api` again and, for each side whose files load and
+    /// check as at start, uses them from the next handshake on (logged); a side whose files do
+    /// not keeps its running TLS and one error names the file and why. A side that runs
+    /// without TLS, or whose TLS the new config turns off, is left as it is (a restart).
+    pub(crate) fn reload(&self, peer: Option<&TlsFiles>, api: Option<&TlsFiles>) {
+        if let (Some(tls), Some(files)) = (&self.peer, peer) {
+            let done = tls.prepare(files).and_then(|prepared| {
+                self.client.reload(files)?;
+                prepared.install();
+                Ok(())
+            });
+            report("[cluster]", files, done);
+        }
+        if let (Some(tls), Some(files)) = (&self.api, api) {
+            report("[api]", files, tls.prepare(files).map(Prepared::install));
+        }
+    }
+}
+
+fn report(section: &str, files: &TlsFiles, done: Result<(), Error>) {
+    let crl = files
+        .crl
+        .as_ref()
+        .map(|c| format!(", revocation list {}", c.display()))
+        .unwrap_or_default();
+    match done {
+        Ok(()) => tracing::info!(
+            "reload: {section} TLS: new connections use {} (key {}, CA {}{crl})",
+            files.cert.display(),
+            files.key.display(),
+            files.ca.display()
+        ),
+        Err(e) => tracing::error!("reload: {section} TLS: {e}; keeping the running certificates"),
+    }
 }
 
 /// Adds to `builder` what the peer client needs: only the cluster CA is trusted, and this
@@ -183,10 +407,23 @@ pub(crate) fn peer_client(
         path: files.cert.clone(),
         source,
     })?;
-    Ok(builder
+    let mut builder = builder
         .tls_backend_rustls()
         .tls_certs_only(roots)
-        .identity(identity))
+        .identity(identity);
+    if let Some(path) = &files.crl {
+        crls("cluster", files)?;
+        let pem = read("cluster", "tls_crl", path)?;
+        let crls =
+            reqwest::tls::CertificateRevocationList::from_pem_bundle(&pem).map_err(|source| {
+                Error::Client {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        builder = builder.tls_crls_only(crls);
+    }
+    Ok(builder)
 }
 
 /// Who is on the other end of a connection: its address and, when it presented a verified
@@ -234,17 +471,18 @@ impl Refusals {
 
 /// Runs the server side of TLS handshakes for one listener, and logs the refused ones.
 pub(crate) struct Acceptor {
-    acceptor: TlsAcceptor,
+    tls: ServerTls,
     members_only: bool,
     what: &'static str,
     refusals: Refusals,
 }
 
 impl Acceptor {
-    /// Handshakes with `config`; `what` names the listener in log lines (`client API`).
-    pub(crate) fn new(config: Arc<ServerConfig>, what: &'static str) -> Self {
+    /// Handshakes with `tls` (as it is at each handshake); `what` names the listener in log
+    /// lines (`client API`).
+    pub(crate) fn new(tls: ServerTls, what: &'static str) -> Self {
         Acceptor {
-            acceptor: TlsAcceptor::from(config),
+            tls,
             members_only: false,
             what,
             refusals: Refusals::default(),
@@ -253,10 +491,39 @@ impl Acceptor {
 
     /// As [`Acceptor::new`], admitting only members' certificates ([`MEMBER_OU`]): the peer
     /// port's.
-    pub(crate) fn members_only(config: Arc<ServerConfig>, what: &'static str) -> Self {
+    pub(crate) fn members_only(tls: ServerTls, what: &'static str) -> Self {
         Acceptor {
             members_only: true,
-            ..Acceptor::new(config, what)
+            ..Acceptor::new(tls, what)
+        }
+    }
+
+    /// Resolves once a CRL loaded after the handshake of `tls` revokes the client certificate
+    /// it presented (never without one): the listener then closes the connection.
+    pub(crate) fn revocation(
+        &self,
+        tls: &TlsStream<TcpStream>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let serial = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| serial(c))
+            .map(<[u8]>::to_vec);
+        let mut current = self.tls.current.subscribe();
+        async move {
+            let Some(serial) = serial else {
+                return std::future::pending().await;
+            };
+            loop {
+                if current.borrow_and_update().revoked.contains(&serial) {
+                    return;
+                }
+                if current.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+            }
         }
     }
 
@@ -269,7 +536,8 @@ impl Acceptor {
         deadline: Duration,
     ) -> Option<(TlsStream<TcpStream>, Remote)> {
         let what = self.what;
-        let tls = match tokio::time::timeout(deadline, self.acceptor.accept(tcp)).await {
+        let acceptor = TlsAcceptor::from(self.tls.config());
+        let tls = match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 self.refusals.note(what, addr, &e);
@@ -315,6 +583,52 @@ pub(crate) fn common_name(der: &[u8]) -> Option<String> {
 /// Whether a DER certificate's subject has the organizational unit [`MEMBER_OU`].
 pub(crate) fn is_member(der: &[u8]) -> bool {
     subject_attribute(der, &[0x55, 0x04, 0x0b]).as_deref() == Some(MEMBER_OU)
+}
+
+/// The serial number of a DER certificate (the INTEGER's content octets, as a CRL lists them).
+pub(crate) fn serial(der: &[u8]) -> Option<&[u8]> {
+    let (_, cert, _) = element(der)?;
+    let (_, mut tbs, _) = element(cert)?;
+    if tbs.first() == Some(&0xa0) {
+        tbs = element(tbs)?.2;
+    }
+    let (tag, serial, _) = element(tbs)?;
+    (tag == 0x02).then_some(serial)
+}
+
+/// The serial numbers a DER certificate revocation list revokes (RFC 5280 5.1; its signature
+/// is the verifier's business); `None` when it is not one.
+fn revoked_serials(der: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let (tag, list, _) = element(der)?;
+    let (tbs_tag, mut tbs, _) = element(list)?;
+    if tag != 0x30 || tbs_tag != 0x30 {
+        return None;
+    }
+    // version (optional), signature, issuer, thisUpdate, nextUpdate (optional),
+    // revokedCertificates (optional), crlExtensions [0] (optional)
+    if tbs.first() == Some(&0x02) {
+        tbs = element(tbs)?.2;
+    }
+    for _ in 0..3 {
+        tbs = element(tbs)?.2;
+    }
+    if matches!(tbs.first(), Some(0x17 | 0x18)) {
+        tbs = element(tbs)?.2;
+    }
+    let mut serials = Vec::new();
+    if tbs.first() == Some(&0x30) {
+        let (_, mut entries, _) = element(tbs)?;
+        while !entries.is_empty() {
+            let (_, entry, rest) = element(entries)?;
+            entries = rest;
+            let (tag, serial, _) = element(entry)?;
+            if tag != 0x02 {
+                return None;
+            }
+            serials.push(serial.to_vec());
+        }
+    }
+    Some(serials)
 }
 
 /// The first value of the subject attribute `oid` of a DER certificate, as text.
@@ -395,6 +709,135 @@ mod tests {
         );
         let long = "n".repeat(300);
         assert_eq!(common_name(&cert_with_cn(&long)), Some(long));
+    }
+
+    /// A CA in `dir` (ca.crt, and its issuer), as `flotctl ca init` makes one.
+    fn ca(dir: &Path, name: &str) -> rcgen::Issuer<'static, rcgen::KeyPair> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join("ca.crt"), cert.pem()).unwrap();
+        rcgen::Issuer::new(params, key)
+    }
+
+    /// A member certificate NAME.crt / NAME.key from `issuer`; returns its DER.
+    fn member(dir: &Path, issuer: &rcgen::Issuer<'static, rcgen::KeyPair>, name: &str) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, issuer).unwrap();
+        std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        cert.der().to_vec()
+    }
+
+    /// DIR/ca.crl from `issuer`, revoking `serials`.
+    fn crl(dir: &Path, issuer: &rcgen::Issuer<'static, rcgen::KeyPair>, serials: &[&[u8]]) {
+        let now = rcgen::date_time_ymd(2025, 1, 1);
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now,
+            next_update: rcgen::date_time_ymd(2100, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(s),
+                    revocation_time: now,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(issuer).unwrap();
+        std::fs::write(dir.join("ca.crl"), crl.pem().unwrap()).unwrap();
+    }
+
+    fn files(dir: &Path, name: &str, crl: bool) -> TlsFiles {
+        TlsFiles {
+            ca: dir.join("ca.crt"),
+            cert: dir.join(format!("{name}.crt")),
+            key: dir.join(format!("{name}.key")),
+            crl: crl.then(|| dir.join("ca.crl")),
+        }
+    }
+
+    #[test]
+    fn a_crl_lists_serials_and_a_revoked_or_foreign_setup_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let issuer = ca(dir, "test CA");
+        let n1 = member(dir, &issuer, "n1");
+        let n2 = member(dir, &issuer, "n2");
+        let s1 = serial(&n1).unwrap().to_vec();
+        let s2 = serial(&n2).unwrap().to_vec();
+        assert_ne!(s1, s2);
+        crl(dir, &issuer, &[&s2]);
+
+        let tls = ServerTls::peer(&files(dir, "n1", true)).expect("n1 is not revoked");
+        assert!(tls.current.borrow().revoked.contains(&s2));
+        assert!(!tls.current.borrow().revoked.contains(&s1));
+        // n2's own certificate is revoked: a reload to it is refused, naming the file (at start
+        // it is only a warning).
+        ServerTls::peer(&files(dir, "n2", true)).expect("starts with a warning");
+        let err = tls
+            .prepare(&files(dir, "n2", true))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("n2.crt") && err.contains("revoked"), "{err}");
+        // A reload with bad files keeps the running TLS.
+        std::fs::write(dir.join("bad.crt"), "not pem").unwrap();
+        let mut bad = files(dir, "n1", true);
+        bad.cert = dir.join("bad.crt");
+        let err = tls.prepare(&bad).err().unwrap().to_string();
+        assert!(
+            err.contains("cluster.tls_cert") && err.contains("bad.crt"),
+            "{err}"
+        );
+        // A certificate from another CA, and a CRL from another CA, are named.
+        let other = tempfile::tempdir().unwrap();
+        let foreign = ca(other.path(), "another CA");
+        member(other.path(), &foreign, "n1");
+        crl(other.path(), &foreign, &[]);
+        let mut wrong_cert = files(dir, "n1", false);
+        wrong_cert.cert = other.path().join("n1.crt");
+        wrong_cert.key = other.path().join("n1.key");
+        ServerTls::peer(&wrong_cert).expect("starts with a warning");
+        let err = tls.prepare(&wrong_cert).err().unwrap().to_string();
+        assert!(err.contains("not signed by the CA"), "{err}");
+        let mut wrong_crl = files(dir, "n1", true);
+        wrong_crl.crl = Some(other.path().join("ca.crl"));
+        let err = ServerTls::peer(&wrong_crl).err().unwrap().to_string();
+        assert!(
+            err.contains("cluster.tls_crl") && err.contains("not a revocation list of the CA"),
+            "{err}"
+        );
+        // A list in the CA's name but signed by another key.
+        let forged = tempfile::tempdir().unwrap();
+        let forger = ca(forged.path(), "test CA");
+        crl(forged.path(), &forger, &[]);
+        wrong_crl.crl = Some(forged.path().join("ca.crl"));
+        let err = ServerTls::peer(&wrong_crl).err().unwrap().to_string();
+        assert!(
+            err.contains("cluster.tls_crl") && err.contains("is not signed by the CA"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! `flotctl ca init|issue|token`: a cluster CA and certificates for people without a PKI, and
-//! tokens for the client API's users; also the trust options (`--ca-file`, `--cert-file`,
+//! `flotctl ca init|issue|revoke|token`: a cluster CA, certificates and their revocation list
+//! for people without a PKI, and tokens for the client API's users; also the trust options (`--ca-file`, `--cert-file`,
 //! `--key-file`, `--token`) every HTTP call to an agent is built with.
 //!
 //! Keys are ECDSA P-256 (rcgen over aws-lc-rs, the crypto library the rest of the build uses).
@@ -7,6 +7,10 @@
 //! `issue` rebuilds the issuer from `ca.key` alone and checks that `ca.crt` belongs to it.
 //! Certificates carry both the server and the client authentication purposes: one certificate
 //! per member serves the peer port and the client API, and presents itself to peers.
+//!
+//! `revoke` adds a certificate (DIR/NAME.crt's serial, or one given) to DIR/ca.crl, a PEM CRL
+//! signed by the CA (valid for `--days`; earlier entries are kept with their dates): agents
+//! with `tls_crl` pointing at it refuse that certificate after `systemctl reload flotillad`.
 
 use std::fs;
 use std::io::Write as _;
@@ -18,8 +22,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
@@ -82,6 +87,21 @@ enum CaCommand {
         #[arg(long)]
         member: bool,
     },
+    /// Add a certificate to DIR/ca.crl, the CA's revocation list (point [cluster] and [api]
+    /// tls_crl at it, then systemctl reload flotillad): DIR/NAME.crt's, or --serial's.
+    Revoke {
+        /// The directory holding ca.crt and ca.key.
+        dir: PathBuf,
+        /// The member or user whose certificate DIR/NAME.crt is revoked.
+        #[arg(required_unless_present = "serial", conflicts_with = "serial")]
+        name: Option<String>,
+        /// The serial number (hex, as openssl x509 -serial prints it) of the certificate.
+        #[arg(long, value_name = "HEX")]
+        serial: Option<String>,
+        /// Days until the list must be re-signed (any `flotctl ca revoke` re-signs it).
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
     /// Print a new random token for NAME and the [[api.users]] entry that accepts it (only its
     /// SHA-256 is stored in the config).
     Token {
@@ -106,6 +126,12 @@ pub(crate) fn run(global: &crate::Global, args: Args) -> anyhow::Result<ExitCode
             force,
             member,
         } => issue(&dir, &name, &ips, &dns, days, force, member)?,
+        CaCommand::Revoke {
+            dir,
+            name,
+            serial,
+            days,
+        } => revoke(&dir, name.as_deref(), serial.as_deref(), days)?,
         CaCommand::Token { name, role } => token(global, &name, &role)?,
     }
     Ok(ExitCode::SUCCESS)
@@ -164,6 +190,31 @@ fn init(dir: &Path, days: u32, force: bool) -> anyhow::Result<()> {
 /// The organizational unit of a member's certificate; the agent's peer port admits only those.
 const MEMBER_OU: &str = "flotilla-member";
 
+/// DIR's CA as an issuer: ca.key, checked against ca.crt.
+fn load_issuer(dir: &Path) -> anyhow::Result<Issuer<'static, KeyPair>> {
+    let (ca_crt, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
+    let ca_key_pem = fs::read_to_string(&ca_key).with_context(|| {
+        format!(
+            "cannot read {} (create the CA with flotctl ca init {})",
+            ca_key.display(),
+            dir.display()
+        )
+    })?;
+    let ca_key_pair =
+        KeyPair::from_pem(&ca_key_pem).with_context(|| format!("{}", ca_key.display()))?;
+    let ca_der = CertificateDer::from_pem_file(&ca_crt)
+        .with_context(|| format!("cannot read a certificate from {}", ca_crt.display()))?;
+    let params = ca_params(&ca_key_pair);
+    if !contains(&ca_der, ca_key_pair.public_key_raw()) {
+        bail!(
+            "{} was not made with {}: they do not belong together",
+            ca_crt.display(),
+            ca_key.display()
+        );
+    }
+    Ok(Issuer::new(params, ca_key_pair))
+}
+
 fn issue(
     dir: &Path,
     name: &str,
@@ -185,27 +236,7 @@ fn issue(
              (it names the files NAME.crt and NAME.key)"
         );
     }
-    let (ca_crt, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
-    let ca_key_pem = fs::read_to_string(&ca_key).with_context(|| {
-        format!(
-            "cannot read {} (create the CA with flotctl ca init {})",
-            ca_key.display(),
-            dir.display()
-        )
-    })?;
-    let ca_key_pair =
-        KeyPair::from_pem(&ca_key_pem).with_context(|| format!("{}", ca_key.display()))?;
-    let ca_der = CertificateDer::from_pem_file(&ca_crt)
-        .with_context(|| format!("cannot read a certificate from {}", ca_crt.display()))?;
-    let params = ca_params(&ca_key_pair);
-    if !contains(&ca_der, ca_key_pair.public_key_raw()) {
-        bail!(
-            "{} was not made with {}: they do not belong together",
-            ca_crt.display(),
-            ca_key.display()
-        );
-    }
-    let issuer = Issuer::new(params, ca_key_pair);
+    let issuer = load_issuer(dir)?;
 
     let (crt, key_path) = (
         dir.join(format!("{name}.crt")),
@@ -252,6 +283,143 @@ fn issue(
     write(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
     write(&crt, cert.pem().as_bytes(), 0o644)?;
     eprintln!("wrote {} and {}", crt.display(), key_path.display());
+    Ok(())
+}
+
+/// The content octets of a DER INTEGER serial, from hex as openssl prints it (`serial=` and
+/// colons allowed).
+fn parse_serial(hex: &str) -> anyhow::Result<Vec<u8>> {
+    let digits: String = hex
+        .trim()
+        .trim_start_matches("serial=")
+        .chars()
+        .filter(|c| *c != ':')
+        .collect();
+    if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+        bail!("--serial {hex:?} is not a hexadecimal serial number");
+    }
+    let digits = if digits.len() % 2 == 1 {
+        format!("0{digits}")
+    } else {
+        digits
+    };
+    (0..digits.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).context("hex"))
+        .collect()
+}
+
+/// The serial number of the certificate in `path`.
+fn serial_of(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let der = CertificateDer::from_pem_file(path)
+        .with_context(|| format!("cannot read a certificate from {}", path.display()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| anyhow::anyhow!("{}: not a certificate: {e}", path.display()))?;
+    Ok(cert.raw_serial().to_vec())
+}
+
+/// The entries of DIR/ca.crl so far (none without one); refuses one the CA did not sign.
+fn revoked_so_far(dir: &Path, crl_path: &Path) -> anyhow::Result<Vec<RevokedCertParams>> {
+    let pem = match fs::read(crl_path) {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => bail!("cannot read {}: {e}", crl_path.display()),
+    };
+    let der = rustls_pki_types::CertificateRevocationListDer::from_pem_slice(&pem)
+        .with_context(|| format!("{}: no PEM revocation list (X509 CRL)", crl_path.display()))?;
+    let (_, crl) = x509_parser::parse_x509_crl(&der)
+        .map_err(|e| anyhow::anyhow!("{}: not a revocation list: {e}", crl_path.display()))?;
+    let ca_path = dir.join("ca.crt");
+    let ca_der = CertificateDer::from_pem_file(&ca_path)
+        .with_context(|| format!("cannot read a certificate from {}", ca_path.display()))?;
+    let (_, ca) = x509_parser::parse_x509_certificate(&ca_der)
+        .map_err(|e| anyhow::anyhow!("{}: not a certificate: {e}", ca_path.display()))?;
+    crl.verify_signature(ca.public_key()).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not signed by the CA in {}: {e} (move it away to start a new list)",
+            crl_path.display(),
+            ca_path.display()
+        )
+    })?;
+    Ok(crl
+        .iter_revoked_certificates()
+        .map(|r| RevokedCertParams {
+            serial_number: SerialNumber::from_slice(r.raw_serial()),
+            revocation_time: r.revocation_date.to_datetime(),
+            reason_code: None,
+            invalidity_date: None,
+        })
+        .collect())
+}
+
+/// Positive INTEGER content octets without the sign byte, as rcgen takes a serial.
+fn magnitude(serial: &[u8]) -> &[u8] {
+    match serial {
+        [0, rest @ ..] if !rest.is_empty() => rest,
+        s => s,
+    }
+}
+
+fn revoke(dir: &Path, name: Option<&str>, serial: Option<&str>, days: u32) -> anyhow::Result<()> {
+    if days == 0 {
+        bail!("--days must be at least 1");
+    }
+    let issuer = load_issuer(dir)?;
+    let (serial, what) = match (name, serial) {
+        (_, Some(hex)) => (parse_serial(hex)?, format!("serial {hex}")),
+        (Some(name), None) => {
+            let crt = dir.join(format!("{name}.crt"));
+            (serial_of(&crt)?, crt.display().to_string())
+        }
+        (None, None) => bail!("give NAME or --serial"),
+    };
+    let crl_path = dir.join("ca.crl");
+    let mut revoked = revoked_so_far(dir, &crl_path)?;
+    let listed = revoked
+        .iter()
+        .any(|r| magnitude(r.serial_number.as_ref()) == magnitude(&serial));
+    let now = time::OffsetDateTime::now_utc();
+    if !listed {
+        revoked.push(RevokedCertParams {
+            serial_number: SerialNumber::from_slice(magnitude(&serial)),
+            revocation_time: now,
+            reason_code: None,
+            invalidity_date: None,
+        });
+    }
+    let count = revoked.len();
+    let params = CertificateRevocationListParams {
+        this_update: now - Duration::from_secs(3600),
+        next_update: now + Duration::from_secs(u64::from(days) * 86_400),
+        crl_number: SerialNumber::from(u64::try_from(now.unix_timestamp()).unwrap_or(0)),
+        issuing_distribution_point: None,
+        revoked_certs: revoked,
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    let crl = params
+        .signed_by(&issuer)
+        .context("cannot sign the revocation list")?;
+    write(
+        &crl_path,
+        crl.pem()
+            .context("cannot encode the revocation list")?
+            .as_bytes(),
+        0o644,
+    )?;
+    let hex = hex(magnitude(&serial)).to_uppercase();
+    if listed {
+        eprintln!(
+            "{what} (serial {hex}) was revoked already; re-signed {} ({count} revoked)",
+            crl_path.display()
+        );
+    } else {
+        eprintln!(
+            "revoked {what} (serial {hex}) in {} ({count} revoked); agents with tls_crl = \
+             \"{}\" refuse it after systemctl reload flotillad",
+            crl_path.display(),
+            crl_path.display()
+        );
+    }
     Ok(())
 }
 
@@ -368,6 +536,69 @@ mod tests {
         assert_eq!(a.distinguished_name, b.distinguished_name);
         let other = ca_params(&KeyPair::generate().unwrap());
         assert_ne!(a.distinguished_name, other.distinguished_name);
+    }
+
+    /// The serials DIR/ca.crl lists, after checking that DIR's CA signed it.
+    fn listed(dir: &Path) -> Vec<Vec<u8>> {
+        let pem = fs::read(dir.join("ca.crl")).unwrap();
+        let der = rustls_pki_types::CertificateRevocationListDer::from_pem_slice(&pem).unwrap();
+        let (rest, crl) = x509_parser::parse_x509_crl(&der).unwrap();
+        assert!(rest.is_empty());
+        let ca_der = CertificateDer::from_pem_file(dir.join("ca.crt")).unwrap();
+        let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
+        crl.verify_signature(ca.public_key())
+            .expect("the CA signed the list");
+        assert_eq!(crl.issuer(), ca.subject());
+        crl.iter_revoked_certificates()
+            .map(|r| r.raw_serial().to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn revoke_lists_the_serial_in_a_crl_the_ca_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), 10, false).unwrap();
+        for n in ["n1", "n2", "n3"] {
+            issue(dir.path(), n, &[], &[], 10, false, true).unwrap();
+        }
+        let serial = |n: &str| serial_of(&dir.path().join(format!("{n}.crt"))).unwrap();
+        assert_ne!(serial("n1"), serial("n2"));
+
+        revoke(dir.path(), Some("n1"), None, 30).unwrap();
+        assert_eq!(listed(dir.path()), vec![serial("n1")]);
+        // By serial, as openssl prints it; earlier entries stay; a second revoke of the same
+        // certificate adds nothing.
+        let hex2 = format!("serial={}", hex(&serial("n2")).to_uppercase());
+        revoke(dir.path(), None, Some(&hex2), 30).unwrap();
+        revoke(dir.path(), Some("n1"), None, 30).unwrap();
+        let serials = listed(dir.path());
+        assert_eq!(serials.len(), 2, "{serials:?}");
+        for n in ["n1", "n2"] {
+            assert!(
+                serials
+                    .iter()
+                    .any(|s| magnitude(s) == magnitude(&serial(n))),
+                "{n} missing"
+            );
+        }
+        assert!(
+            !serials
+                .iter()
+                .any(|s| magnitude(s) == magnitude(&serial("n3")))
+        );
+
+        assert!(revoke(dir.path(), Some("nobody"), None, 30).is_err());
+        assert!(revoke(dir.path(), None, Some("xyz"), 30).is_err());
+        // A list from another CA is not extended.
+        let other = tempfile::tempdir().unwrap();
+        init(other.path(), 10, false).unwrap();
+        issue(other.path(), "x", &[], &[], 10, false, false).unwrap();
+        revoke(other.path(), Some("x"), None, 30).unwrap();
+        fs::copy(other.path().join("ca.crl"), dir.path().join("ca.crl")).unwrap();
+        let err = revoke(dir.path(), Some("n3"), None, 30)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not signed by the CA"), "{err}");
     }
 
     #[test]

@@ -21,14 +21,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
-use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
 use crate::cluster::Cluster;
 use crate::listener::Limits;
 use crate::raft::{id_hex, node_id};
-use crate::tls::Acceptor;
+use crate::tls::{Acceptor, ServerTls};
 
 /// The etcd server version this API reports (the v2 API of etcd 3.4).
 pub(crate) const ETCD_VERSION: &str = "3.4.30";
@@ -121,7 +120,7 @@ pub(crate) fn json(status: StatusCode, headers: HeaderMap, body: &serde_json::Va
 /// `auth` (see `crate::auth`), connections within `limits` (see `crate::listener`).
 pub(crate) async fn serve(
     listener: TcpListener,
-    tls: Option<Arc<ServerConfig>>,
+    tls: Option<ServerTls>,
     api: Api,
     max_body_bytes: usize,
     auth: Arc<Auth>,
@@ -175,7 +174,7 @@ pub(crate) async fn serve(
         auth,
         crate::auth::layer,
     ));
-    let tls = tls.map(|config| Acceptor::new(config, "client API"));
+    let tls = tls.map(|tls| Acceptor::new(tls, "client API"));
     crate::listener::serve(listener, tls, app, limits, "client API", cancel).await;
 }
 

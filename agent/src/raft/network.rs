@@ -1,8 +1,9 @@
 //! The peer transport's client side: HTTP/1.1 with TCP_NODELAY over a pool of keep-alive
 //! connections to the peer port, postcard bodies; over mutual TLS when `[cluster] tls_*` is set
-//! (only the cluster CA is trusted, this member's certificate is presented, and a peer's
-//! certificate must name the address it is reached at). Raft RPCs, forwarded writes, heartbeats and
-//! membership requests all travel this way.
+//! (only the cluster CA is trusted, this member's certificate is presented, a peer's
+//! certificate must name the address it is reached at and must not be in `tls_crl`; SIGHUP
+//! swaps in a client built from the files read again, see [`Peers::reload`]). Raft RPCs,
+//! forwarded writes, heartbeats and membership requests all travel this way.
 //!
 //! HTTP/1.1 rather than HTTP/2: hyper's HTTP/2 client sends a request body from a task of its
 //! own, after the headers, which costs a scheduler round trip on every call; HTTP/1.1 writes
@@ -103,9 +104,11 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 /// The HTTP client every peer call goes through (one pool of keep-alive connections).
+/// Clones share it; [`Peers::reload`] swaps in a client built from new TLS files, and calls
+/// in flight finish on the old one (with its connections).
 #[derive(Clone)]
 pub(crate) struct Peers {
-    http: reqwest::Client,
+    http: std::sync::Arc<std::sync::RwLock<reqwest::Client>>,
     /// `http` or `https`.
     scheme: &'static str,
 }
@@ -113,6 +116,16 @@ pub(crate) struct Peers {
 impl Peers {
     /// An HTTP/1.1 client with TCP_NODELAY and TCP keep-alive; mutual TLS with `tls`.
     pub(crate) fn new(tls: Option<&TlsFiles>) -> Result<Self, crate::tls::Error> {
+        let (http, scheme) = Peers::client(tls)?;
+        Ok(Peers {
+            http: std::sync::Arc::new(std::sync::RwLock::new(http)),
+            scheme,
+        })
+    }
+
+    fn client(
+        tls: Option<&TlsFiles>,
+    ) -> Result<(reqwest::Client, &'static str), crate::tls::Error> {
         let builder = reqwest::Client::builder()
             .http1_only()
             .tcp_nodelay(true)
@@ -129,7 +142,19 @@ impl Peers {
                 path: tls.map(|f| f.cert.clone()).unwrap_or_default(),
                 source,
             })?;
-        Ok(Peers { http, scheme })
+        Ok((http, scheme))
+    }
+
+    /// Builds a client from `tls` (read again) and makes it the one new calls use; on an
+    /// error keeps the running one. Turning TLS on or off takes a restart (the scheme stays).
+    pub(crate) fn reload(&self, tls: &TlsFiles) -> Result<(), crate::tls::Error> {
+        let (http, _) = Peers::client(Some(tls))?;
+        *self.http.write().unwrap_or_else(|p| p.into_inner()) = http;
+        Ok(())
+    }
+
+    fn http(&self) -> reqwest::Client {
+        self.http.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The URL of the peer at `addr` (`host:port`), as etcd shows peer URLs.
@@ -152,7 +177,7 @@ impl Peers {
         let body = postcard::to_allocvec(req)
             .map_err(|e| network(format!("cannot encode the request: {e}")))?;
         let resp = self
-            .http
+            .http()
             .post(format!("{}://{addr}{path}", self.scheme))
             .timeout(timeout)
             .body(body)

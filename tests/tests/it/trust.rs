@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use flotilla_tests::agents::{Cluster, Security, flotctl, flotctl_ca_issue};
+use flotilla_tests::agents::{Agent, Cluster, Security, flotctl, flotctl_ca_issue};
 use flotilla_tests::testbed::wait_until;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -365,4 +365,287 @@ fn https_api_takes_certificates_and_tokens_with_roles() {
         v["machine"] == n2.as_str() && v.get("output").is_some()
     })
     .unwrap_or_else(|e| panic!("{e}: {last}"));
+}
+
+/// Sends SIGHUP to `agent` (what `systemctl reload flotillad` does).
+fn sighup(agent: &Agent) {
+    let pid = agent.pid().expect("the agent runs").to_string();
+    let out = run(Command::new("kill").args(["-HUP", &pid]));
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// Waits until `agent`'s log holds `want` at least `count` times.
+fn wait_log(agent: &Agent, want: &str, count: usize) {
+    wait_until(DEADLINE, want, || {
+        agent.log().matches(want).count() >= count
+    })
+    .unwrap_or_else(|_| panic!("{want:?} x{count} not in the log:\n{}", agent.log()));
+}
+
+/// The certificate (PEM, whitespace removed) `addr` presents in a fresh handshake, read by
+/// `openssl s_client` trusting `dir`'s CA and presenting `dir/client.crt` when given.
+fn served_certificate(addr: &str, dir: &Path, client: Option<&str>) -> String {
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect", addr, "-CAfile"])
+        .arg(dir.join("ca.crt"))
+        .stdin(std::process::Stdio::null());
+    if let Some(name) = client {
+        cmd.arg("-cert")
+            .arg(dir.join(format!("{name}.crt")))
+            .arg("-key")
+            .arg(dir.join(format!("{name}.key")));
+    }
+    let out = run(&mut cmd);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let begin = "-----BEGIN CERTIFICATE-----";
+    let end = "-----END CERTIFICATE-----";
+    match (stdout.find(begin), stdout.find(end)) {
+        (Some(b), Some(e)) if b < e => pem_body(&stdout[b..e + end.len()]),
+        _ => String::new(),
+    }
+}
+
+fn pem_body(pem: &str) -> String {
+    pem.split_whitespace().collect()
+}
+
+fn file_pem(path: &Path) -> String {
+    pem_body(&std::fs::read_to_string(path).unwrap())
+}
+
+/// Adds `tls_crl = CRL` after every `tls_key` line of agent `name`'s config.
+fn add_crl(cluster: &Cluster, name: &str, crl: &Path) {
+    let config = cluster.dir().join(format!("{name}.toml"));
+    let text = std::fs::read_to_string(&config).unwrap();
+    let key_line_end = format!("{name}.key\"\n");
+    assert!(text.contains(&key_line_end), "{text}");
+    let with_crl = text.replace(
+        &key_line_end,
+        &format!("{key_line_end}tls_crl = \"{}\"\n", crl.display()),
+    );
+    std::fs::write(&config, with_crl).unwrap();
+}
+
+/// `curl` to `url` with `dir`'s CA and client certificate `name`: (status, stdout+stderr).
+fn curl_as(dir: &Path, name: &str, extra: &[&str], url: &str) -> (bool, String) {
+    let out = run(Command::new("curl")
+        .args([
+            "-sS",
+            "-m",
+            "10",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+        ])
+        .arg(dir.join("ca.crt"))
+        .arg("--cert")
+        .arg(dir.join(format!("{name}.crt")))
+        .arg("--key")
+        .arg(dir.join(format!("{name}.key")))
+        .args(extra)
+        .arg(url));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let code = stdout.trim_end().rsplit('\n').next().unwrap_or_default();
+    let ok = out.status.success() && (code == "200" || code == "201");
+    (ok, text(&out))
+}
+
+#[test]
+fn a_renewed_certificate_is_used_after_reload_and_bad_files_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca");
+    ca_init(&ca);
+    flotctl_ca_issue(&ca, "writer", &[]).unwrap();
+    let security = Security {
+        peer_ca: Some(ca.clone()),
+        api_ca: Some(ca.clone()),
+        ..Security::default()
+    };
+    let cluster = Cluster::start_secure(3, "", security).expect("3 agents over mTLS start");
+    let a = cluster.agents();
+    let n2 = &a[1];
+    let (api, peer) = (format!("{}:2379", n2.ip()), format!("{}:2380", n2.ip()));
+    let old = file_pem(&ca.join("n2.crt"));
+    assert_eq!(served_certificate(&api, &ca, None), old);
+
+    // (a) A renewed certificate and key (both sections name the same files), then SIGHUP: a
+    // fresh connection gets the new certificate on the API and on the peer port.
+    flotctl_ca_issue(
+        &ca,
+        "n2",
+        &["--member", "--ip", &n2.ip().to_string(), "--force"],
+    )
+    .unwrap();
+    let new = file_pem(&ca.join("n2.crt"));
+    assert_ne!(new, old);
+    sighup(n2);
+    wait_log(n2, "reload: [cluster] TLS: new connections use", 1);
+    wait_log(n2, "reload: [api] TLS: new connections use", 1);
+    assert_eq!(served_certificate(&api, &ca, None), new);
+    assert_eq!(served_certificate(&peer, &ca, Some("n1")), new);
+    // The cluster still commits: a write through n2 (its peer client now presents the new
+    // certificate to the leader) is read back on n3.
+    let write = |value: &str| {
+        curl_as(
+            &ca,
+            "writer",
+            &["-X", "PUT", "-d", &format!("value={value}")],
+            &format!("https://{api}/v2/keys/rotated"),
+        )
+    };
+    let n3 = format!("https://{}:2379/v2/keys/rotated", a[2].ip());
+    let (ok, out) = write("after-rotation");
+    assert!(ok, "{out}");
+    wait_until(DEADLINE, "n3 reads the write", || {
+        curl_as(&ca, "writer", &[], &n3)
+            .1
+            .contains("after-rotation")
+    })
+    .expect("the write through n2 commits after the rotation");
+
+    // (b) Bad files: a key that does not belong to the certificate. The agent keeps serving
+    // with the running certificate and says which file and why, once per section.
+    std::fs::copy(ca.join("n1.key"), ca.join("n2.key")).unwrap();
+    sighup(n2);
+    wait_log(n2, "reload: [cluster] TLS: ", 2);
+    wait_log(n2, "reload: [api] TLS: ", 2);
+    let log = n2.log();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("keeping the running certificates"))
+        .collect();
+    assert_eq!(errors.len(), 2, "{log}");
+    for e in &errors {
+        assert!(e.contains("n2.crt") && e.contains("n2.key"), "{e}");
+        assert!(
+            e.contains("do not make a usable certificate and key"),
+            "{e}"
+        );
+    }
+    assert_eq!(served_certificate(&api, &ca, None), new);
+    assert_eq!(served_certificate(&peer, &ca, Some("n1")), new);
+    let (ok, out) = write("after-bad-files");
+    assert!(ok, "{out}");
+    wait_until(DEADLINE, "n3 reads the second write", || {
+        curl_as(&ca, "writer", &[], &n3)
+            .1
+            .contains("after-bad-files")
+    })
+    .expect("the write through n2 commits after a refused reload");
+    assert!(n2.pid().is_some());
+}
+
+#[test]
+fn revoked_member_and_client_certificates_are_refused_after_reload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca");
+    ca_init(&ca);
+    flotctl_ca_issue(&ca, "writer", &[]).unwrap();
+    flotctl_ca_issue(&ca, "mallory", &[]).unwrap();
+    let security = Security {
+        peer_ca: Some(ca.clone()),
+        api_ca: Some(ca.clone()),
+        ..Security::default()
+    };
+    let cluster = Cluster::start_secure(3, "", security).expect("3 agents over mTLS start");
+    let a = cluster.agents();
+    let keys = |i: usize| format!("https://{}:2379/v2/keys/revocation", a[i].ip());
+    let (ok, out) = curl_as(
+        &ca,
+        "mallory",
+        &[],
+        &format!("https://{}:2379/v2/keys", a[0].ip()),
+    );
+    assert!(ok, "mallory is not revoked yet: {out}");
+
+    // Revoke n3 (a member) and mallory (a client); n1 and n2 load the list.
+    for name in ["n3", "mallory"] {
+        let out = run(Command::new(flotctl().unwrap())
+            .args(["ca", "revoke"])
+            .arg(&ca)
+            .arg(name));
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let crl = ca.join("ca.crl");
+    // openssl agrees: the CA signed the list, and it names n3's serial.
+    let checked = run(Command::new("openssl")
+        .args(["crl", "-noout", "-text", "-in"])
+        .arg(&crl)
+        .arg("-CAfile")
+        .arg(ca.join("ca.crt")));
+    assert!(checked.status.success(), "{}", text(&checked));
+    let serial = run(Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(ca.join("n3.crt")));
+    let serial = String::from_utf8_lossy(&serial.stdout);
+    let serial = serial.trim().trim_start_matches("serial=");
+    let listing = text(&checked);
+    assert!(
+        !serial.is_empty() && listing.contains(serial),
+        "{serial}: {listing}"
+    );
+    assert!(listing.contains("verify OK"), "{listing}");
+    for agent in &a[..2] {
+        add_crl(&cluster, agent.name(), &crl);
+        sighup(agent);
+        wait_log(agent, "TLS: new connections use", 2);
+        assert!(
+            !agent.log().contains("keeping the running certificates"),
+            "{}",
+            agent.log()
+        );
+    }
+
+    // The client API refuses mallory's certificate and still takes writer's.
+    let (ok, out) = curl_as(
+        &ca,
+        "mallory",
+        &[],
+        &format!("https://{}:2379/v2/keys", a[0].ip()),
+    );
+    assert!(!ok, "a revoked client certificate was accepted: {out}");
+    let (ok, out) = curl_as(
+        &ca,
+        "writer",
+        &[],
+        &format!("https://{}:2379/v2/keys", a[0].ip()),
+    );
+    assert!(ok, "{out}");
+
+    // n3 can no longer replicate: a write through it does not commit, while n1 and n2 (a
+    // quorum) still commit theirs.
+    let mut last = String::new();
+    wait_until(Duration::from_secs(60), "a write through n3 fails", || {
+        let (ok, out) = curl_as(
+            &ca,
+            "writer",
+            &["-X", "PUT", "-d", "value=from-n3"],
+            &keys(2),
+        );
+        last = out;
+        !ok
+    })
+    .unwrap_or_else(|e| panic!("{e}: {last}\nn3's log:\n{}", a[2].log()));
+    wait_until(DEADLINE, "a write through n1 commits on n2", || {
+        curl_as(
+            &ca,
+            "writer",
+            &["-X", "PUT", "-d", "value=from-n1"],
+            &keys(0),
+        )
+        .0 && curl_as(&ca, "writer", &[], &keys(1)).1.contains("from-n1")
+    })
+    .unwrap_or_else(|e| panic!("{e}\nn1's log:\n{}", a[0].log()));
+    // The members said why: their peer servers closed n3's connections or refused its
+    // handshakes as revoked.
+    let said = a[..2].iter().any(|m| {
+        m.log().lines().any(|l| {
+            l.contains(
+                "peer server: closed the connection of n3: its client certificate was revoked",
+            ) || (l.contains("peer server: refused a TLS connection") && l.contains("Revoked"))
+        })
+    });
+    assert!(said, "n1:\n{}\nn2:\n{}", a[0].log(), a[1].log());
 }
