@@ -16,6 +16,9 @@
 //!
 //! # Processes
 //!
+//! [`Cluster::start_wrapped`] runs every agent through a command prefix (`fiu-run -x` for
+//! injected I/O failures), in the cluster's directory.
+//!
 //! The cluster owns its processes: [`Cluster::kill`] sends SIGKILL to one and reaps it,
 //! [`Cluster::restart`] starts it again on the same data, and [`Drop`] kills and reaps all and
 //! removes the directory. Each agent is started with `PR_SET_PDEATHSIG` so it dies with the test.
@@ -146,6 +149,8 @@ pub struct Cluster {
     /// Extra `[cluster]` lines for every agent.
     extra: String,
     security: Security,
+    /// `PROGRAM ARGS...` each agent is run through (`PROGRAM ARGS... flotillad --config ..`).
+    wrapper: Vec<String>,
 }
 
 impl Cluster {
@@ -162,6 +167,23 @@ impl Cluster {
 
     /// As [`Cluster::start_with`], secured as `security` says.
     pub fn start_secure(n: usize, extra: &str, security: Security) -> Result<Cluster, AgentsError> {
+        Cluster::start_all(n, extra, security, &[])
+    }
+
+    /// As [`Cluster::start_with`], every agent started (and restarted) as `wrapper...
+    /// flotillad --config ...` (e.g. `["fiu-run", "-x", "-f", "fiu"]`), with the cluster's
+    /// directory ([`Cluster::dir`]) as its working directory: a relative path in `wrapper` names
+    /// a file there. The wrapper must `exec` the agent, so its process id is the agent's.
+    pub fn start_wrapped(n: usize, extra: &str, wrapper: &[&str]) -> Result<Cluster, AgentsError> {
+        Cluster::start_all(n, extra, Security::default(), wrapper)
+    }
+
+    fn start_all(
+        n: usize,
+        extra: &str,
+        security: Security,
+        wrapper: &[&str],
+    ) -> Result<Cluster, AgentsError> {
         let binary = binary()?;
         let (cluster_no, (a, b)) = allocate(n + 4)?;
         let dir = std::env::temp_dir().join(format!(
@@ -181,6 +203,7 @@ impl Cluster {
             prefix: (a, b),
             extra: extra.to_string(),
             security,
+            wrapper: wrapper.iter().map(|w| w.to_string()).collect(),
         };
         let founders: Vec<String> = (0..n)
             .map(|i| {
@@ -275,7 +298,14 @@ impl Cluster {
             path: agent.log.clone(),
             source,
         })?;
-        let mut cmd = Command::new(&self.binary);
+        let mut cmd = match self.wrapper.split_first() {
+            None => Command::new(&self.binary),
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(&self.binary).current_dir(&self.dir);
+                cmd
+            }
+        };
         cmd.arg("--config")
             .arg(&agent.config)
             .stdin(Stdio::null())
@@ -291,10 +321,18 @@ impl Cluster {
             });
         }
         let child = cmd.spawn().map_err(|e| {
-            AgentsError::Binary(format!("cannot run {}: {e}", self.binary.display()))
+            AgentsError::Binary(format!(
+                "cannot run {}: {e}",
+                cmd.get_program().to_string_lossy()
+            ))
         })?;
         agent.child = Some(child);
         Ok(())
+    }
+
+    /// The cluster's directory (configs, logs, data directories).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The agents.

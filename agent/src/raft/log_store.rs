@@ -35,7 +35,7 @@ use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::Duration;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -69,9 +69,15 @@ pub(crate) enum Error {
     /// The writer thread could not be started.
     #[error("cannot start the raft log writer: {0}")]
     Thread(std::io::Error),
-    /// The log could not be made durable (the writer failed or stopped).
-    #[error("the raft log writer failed or stopped before index {0} was durable")]
-    Stopped(u64),
+    /// The log could not be made durable: the writer failed (the cause is its error) or
+    /// stopped.
+    #[error("the raft log was not made durable up to index {index}: {cause}")]
+    Stopped {
+        /// The index waited for.
+        index: u64,
+        /// The writer's error, or that it stopped.
+        cause: String,
+    },
     /// The log was not durable up to the index in time.
     #[error("raft log index {0} was not durable within {1:?}")]
     Timeout(u64, Duration),
@@ -94,6 +100,8 @@ struct OnDisk {
 pub(crate) struct Durable {
     rx: watch::Receiver<OnDisk>,
     truncations: Arc<AtomicU64>,
+    /// The writer's error, set once before it publishes `failed`.
+    failure: Arc<OnceLock<String>>,
 }
 
 impl Durable {
@@ -121,11 +129,26 @@ impl Durable {
         let d = *rx
             .wait_for(|d| d.failed || d.index.is_some_and(|i| i >= index))
             .await
-            .map_err(|_| Error::Stopped(index))?;
+            .map_err(|_| self.stopped(index))?;
         if d.failed {
-            Err(Error::Stopped(index))
+            Err(self.stopped(index))
         } else {
             Ok(())
+        }
+    }
+
+    /// Why nothing more becomes durable: the writer's error, or that it stopped.
+    fn cause(&self) -> String {
+        self.failure
+            .get()
+            .cloned()
+            .unwrap_or_else(|| "the raft log writer stopped".to_owned())
+    }
+
+    fn stopped(&self, index: u64) -> Error {
+        Error::Stopped {
+            index,
+            cause: self.cause(),
         }
     }
 }
@@ -207,13 +230,16 @@ impl LogStore {
         });
         let (tx, rx) = mpsc::channel();
         let writer = inner.clone();
+        let failure: Arc<OnceLock<String>> = Arc::default();
+        let writer_failure = failure.clone();
         std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || write_loop(&writer, &rx, &durable_tx))
+            .spawn(move || write_loop(&writer, &rx, &durable_tx, &writer_failure))
             .map_err(Error::Thread)?;
         let durable = Durable {
             rx: durable_rx,
             truncations: Arc::default(),
+            failure,
         };
         Ok(LogStore { inner, tx, durable })
     }
@@ -241,11 +267,11 @@ impl LogStore {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Op::Write(f, tx, effect))
-            .map_err(|_| AnyError::error("the raft log writer stopped"))?;
+            .map_err(|_| AnyError::error(self.durable.cause()))?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(AnyError::error(e)),
-            Err(_) => Err(AnyError::error("the raft log writer stopped")),
+            Err(_) => Err(AnyError::error(self.durable.cause())),
         }
     }
 
@@ -279,8 +305,14 @@ fn last_on_disk(db: &Database) -> Result<OnDisk, redb::Error> {
 }
 
 /// The writer thread: one durable transaction for everything queued, then the waiters and
-/// the new [`Durable`] position.
-fn write_loop(inner: &Inner, rx: &mpsc::Receiver<Op>, durable: &watch::Sender<OnDisk>) {
+/// the new [`Durable`] position. The first failed transaction ends it (its error goes to
+/// `failure`): nothing is retried.
+fn write_loop(
+    inner: &Inner,
+    rx: &mpsc::Receiver<Op>,
+    durable: &watch::Sender<OnDisk>,
+    failure: &OnceLock<String>,
+) {
     let mut on_disk = *durable.borrow();
     while let Ok(first) = rx.recv() {
         // The committed log id is taken before the queue is drained: the entries it names
@@ -359,8 +391,12 @@ fn write_loop(inner: &Inner, rx: &mpsc::Receiver<Op>, durable: &watch::Sender<On
             }
             Err(e) => {
                 // Entries openraft believes flushed may be lost: nothing may wait on this log
-                // any more (the state machine then fails, and with it Raft).
+                // any more (the state machine then fails, and with it Raft). A failed fsync is
+                // never retried (this thread ends, and redb refuses every later write once one
+                // failed): the kernel may have dropped the dirty pages, and a second fsync
+                // would report them durable.
                 tracing::error!("cannot write the raft log: {e}");
+                let _ = failure.set(format!("cannot write the raft log: {e}"));
                 durable.send_modify(|d| d.failed = true);
                 for reply in done {
                     let _ = reply.send(Err(e.to_string()));
@@ -531,9 +567,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 );
             }
         }
-        self.tx.send(Op::Append(encoded, last)).map_err(|_| {
-            StorageIOError::write_logs(AnyError::error("the raft log writer stopped"))
-        })?;
+        self.tx
+            .send(Op::Append(encoded, last))
+            .map_err(|_| StorageIOError::write_logs(AnyError::error(self.durable.cause())))?;
         // Reported flushed now, not after the fsync: see the module documentation. What is
         // really durable is published as `Durable`, which the state machine and the peer
         // server wait for.

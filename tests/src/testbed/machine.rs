@@ -681,7 +681,18 @@ impl<'a> Node<'a> {
         Ok(network::slow(&record.netns, &record.veth, delay, jitter)?)
     }
 
-    /// Undoes [`Node::slow_link`].
+    /// Limits the machine's traffic to `bits_per_sec` each way (a `tbf` token bucket on both
+    /// ends of its link; works without netem). Undone by [`Node::unslow_link`].
+    pub fn throttle_link(&self, bits_per_sec: u64) -> Result<(), MachineError> {
+        let record = self.record();
+        Ok(network::throttle(
+            &record.netns,
+            &record.veth,
+            bits_per_sec,
+        )?)
+    }
+
+    /// Undoes [`Node::slow_link`] and [`Node::throttle_link`].
     pub fn unslow_link(&self) -> Result<(), MachineError> {
         let record = self.record();
         Ok(network::unslow(&record.netns, &record.veth)?)

@@ -194,7 +194,27 @@ pub fn slow(
     tc_netem(Some(netns), "eth0", &args)
 }
 
-/// Removes what [`slow`] added; a link that was not slowed is left as it is.
+/// Limits both directions of a machine's link to `bits_per_sec` with a token bucket (`tbf` on
+/// the host end `veth` and on the machine's `eth0`: 16 kbit bursts, a packet queued longer than
+/// 400 ms is dropped). Needs no netem; undone by [`unslow`].
+pub fn throttle(netns: &str, veth: &str, bits_per_sec: u64) -> Result<(), NetworkError> {
+    let rate = format!("{bits_per_sec}bit");
+    let args = [
+        "root", "tbf", "rate", &rate, "burst", "16kbit", "latency", "400ms",
+    ];
+    let host: Vec<&str> = ["qdisc", "replace", "dev", veth]
+        .into_iter()
+        .chain(args)
+        .collect();
+    run("tc", &host)?;
+    let machine: Vec<&str> = ["-n", netns, "qdisc", "replace", "dev", "eth0"]
+        .into_iter()
+        .chain(args)
+        .collect();
+    run("tc", &machine)
+}
+
+/// Removes what [`slow`] or [`throttle`] added; a link that was not slowed is left as it is.
 pub fn unslow(netns: &str, veth: &str) -> Result<(), NetworkError> {
     // `tc qdisc del` fails when there is no root qdisc to delete: that is the goal state.
     let _ = run("tc", &["qdisc", "del", "dev", veth, "root"]);

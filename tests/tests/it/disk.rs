@@ -114,7 +114,7 @@ fn value(i: usize) -> String {
     v
 }
 
-fn addr(url: &str) -> SocketAddr {
+pub(crate) fn addr(url: &str) -> SocketAddr {
     url.trim_start_matches("http://")
         .parse()
         .unwrap_or_else(|e| panic!("{url}: {e}"))
@@ -140,27 +140,29 @@ fn exited(pid: u32) -> bool {
     }
 }
 
-/// What the writes met while a member's disk was full.
-struct Seen {
+/// What the writes met while a member's log could not be written (a full disk, a failed fsync).
+pub(crate) struct Seen {
     /// Writes acknowledged: `(key, value)`.
-    acked: Vec<(String, String)>,
+    pub(crate) acked: Vec<(String, String)>,
     /// Writes refused or not answered, with the answer.
-    refused: Vec<String>,
-    /// Writes through the full member acknowledged after its log failed (committed by the
+    pub(crate) refused: Vec<String>,
+    /// Writes through the failed member acknowledged after its log failed (committed by the
     /// quorum; the member itself cannot apply them).
-    acked_by_full_after: usize,
+    pub(crate) acked_by_full_after: usize,
     /// From the first refusal to the next acknowledgement through the healthy member.
-    gap: Option<Duration>,
+    pub(crate) gap: Option<Duration>,
 }
 
-/// Writes through `vias` in turn until the log of member `full` has failed and `healthy`
-/// acknowledged `ACKS_AFTER_FAILURE` more writes. `strict`: `healthy` must never refuse one.
-fn write_until_full(
+/// Writes through `vias` in turn until the log of member `full` has failed (its log shows
+/// `marker`) and `healthy` acknowledged `ACKS_AFTER_FAILURE` more writes. `strict`: `healthy`
+/// must never refuse one.
+pub(crate) fn write_until_failed(
     cluster: &Cluster,
     full: usize,
     vias: &[SocketAddr],
     healthy: SocketAddr,
     strict: bool,
+    marker: &str,
 ) -> Seen {
     let full_addr = addr(&cluster.agents()[full].client_url());
     let mut seen = Seen {
@@ -172,7 +174,7 @@ fn write_until_full(
     let mut acks_after_failure = 0;
     let mut first_refusal: Option<Instant> = None;
     for i in 0..MAX_WRITES {
-        let failed = cluster.agents()[full].log().contains(NO_SPACE);
+        let failed = cluster.agents()[full].log().contains(marker);
         if failed && acks_after_failure >= ACKS_AFTER_FAILURE {
             return seen;
         }
@@ -223,7 +225,7 @@ fn write_until_full(
          the last refusals:\n{}\n{} bytes free",
         seen.acked.len(),
         acks_after_failure,
-        if cluster.agents()[full].log().contains(NO_SPACE) {
+        if cluster.agents()[full].log().contains(marker) {
             "it did"
         } else {
             "it did not"
@@ -236,7 +238,7 @@ fn write_until_full(
 }
 
 /// Waits until a member other than `full` says it leads.
-fn wait_for_other_leader(cluster: &Cluster, full: usize) {
+pub(crate) fn wait_for_other_leader(cluster: &Cluster, full: usize) {
     let states = || {
         (0..cluster.agents().len())
             .map(|j| {
@@ -286,9 +288,9 @@ fn small_disk(cluster: &mut Cluster, i: usize) -> (Tmpfs, PathBuf) {
     (disk, filler_path)
 }
 
-/// What member `i` shows while its disk is full, for the test's output; the checks that hold
-/// whatever it does: no panic, no stale quorum read.
-fn describe_full(cluster: &Cluster, i: usize, pid: u32, seen: &Seen) -> String {
+/// What member `i` shows once its log failed, for the test's output; the checks that hold
+/// whatever it does: no panic, no stale quorum read, and it exits saying why.
+pub(crate) fn describe_failed(cluster: &Cluster, i: usize, pid: u32, seen: &Seen) -> String {
     let full = addr(&cluster.agents()[i].client_url());
     let (last_key, last_value) = seen
         .acked
@@ -309,7 +311,7 @@ fn describe_full(cluster: &Cluster, i: usize, pid: u32, seen: &Seen) -> String {
     }
     // A member whose Raft core stopped does not run on answering from a frozen state: it ends
     // with an error, for systemd's Restart=on-failure to bring it back.
-    wait_until(RECOVERY_DEADLINE, "the full member's agent exits", || {
+    wait_until(RECOVERY_DEADLINE, "the failed member's agent exits", || {
         exited(pid)
     })
     .expect("the agent exits once its raft core stopped");
@@ -320,9 +322,9 @@ fn describe_full(cluster: &Cluster, i: usize, pid: u32, seen: &Seen) -> String {
         "the agent does not say why it stopped:\n{log}"
     );
     format!(
-        "{} writes acknowledged ({} through the full member after its log failed), {} refused \
+        "{} writes acknowledged ({} through the failed member after its log failed), {} refused \
          or unanswered{}{}; the first acknowledgement after the first refusal came after {:?}\n\
-         the full member, process {}: /health {:?}, /v2/stats/self state {:?}; a plain read of {last_key}: {:?}; a quorum \
+         the failed member, process {}: /health {:?}, /v2/stats/self state {:?}; a plain read of {last_key}: {:?}; a quorum \
          read: {:?}\nits log's first errors:\n{}",
         seen.acked.len(),
         seen.acked_by_full_after,
@@ -350,11 +352,10 @@ fn describe_full(cluster: &Cluster, i: usize, pid: u32, seen: &Seen) -> String {
     )
 }
 
-/// Frees the space, restarts member `i` and checks that every acknowledged write is served
-/// by it and by `healthy`, and that it takes a new write.
-fn recover(cluster: &mut Cluster, i: usize, filler: &Path, healthy: SocketAddr, seen: &Seen) {
+/// Restarts member `i` (its cause of failure gone) and checks that every acknowledged write is
+/// served by it and by `healthy`, and that it takes a new write.
+pub(crate) fn recover(cluster: &mut Cluster, i: usize, healthy: SocketAddr, seen: &Seen) {
     let full = addr(&cluster.agents()[i].client_url());
-    fs::remove_file(filler).expect("remove the filler");
     cluster
         .restart(i)
         .expect("the member starts again on its store");
@@ -363,14 +364,14 @@ fn recover(cluster: &mut Cluster, i: usize, filler: &Path, healthy: SocketAddr, 
         .last()
         .cloned()
         .expect("writes were acknowledged");
-    wait_until(RECOVERY_DEADLINE, "the full member catching up", || {
+    wait_until(RECOVERY_DEADLINE, "the failed member catching up", || {
         read(full, &last_key).as_deref() == Some(last_value.as_str())
     })
     .expect("the member catches up");
     for (key, v) in &seen.acked {
         let got = wait_for(RECOVERY_DEADLINE, key, || read(full, key).ok_or(None))
-            .unwrap_or_else(|e| panic!("acknowledged {key} lost on the full member: {e}"));
-        assert_eq!(&got, v, "{key} on the full member");
+            .unwrap_or_else(|e| panic!("acknowledged {key} lost on the failed member: {e}"));
+        assert_eq!(&got, v, "{key} on the failed member");
         let got = read(healthy, key);
         assert_eq!(
             got.as_deref(),
@@ -403,12 +404,20 @@ fn a_full_disk_on_a_follower_stops_it_and_loses_nothing() {
     let full_addr = addr(&cluster.agents()[full].client_url());
 
     // Through the full member and a healthy one in turn: the healthy one never refuses.
-    let seen = write_until_full(&cluster, full, &[healthy, full_addr], healthy, true);
+    let seen = write_until_failed(
+        &cluster,
+        full,
+        &[healthy, full_addr],
+        healthy,
+        true,
+        NO_SPACE,
+    );
     eprintln!(
         "follower's disk full: {}",
-        describe_full(&cluster, full, pid, &seen)
+        describe_failed(&cluster, full, pid, &seen)
     );
-    recover(&mut cluster, full, &filler, healthy, &seen);
+    fs::remove_file(&filler).expect("remove the filler");
+    recover(&mut cluster, full, healthy, &seen);
     // The mount goes first (lazily: the agents still hold files on it), then the agents and
     // the cluster's directory; a failed test drops them in the same order.
     drop(disk);
@@ -438,13 +447,14 @@ fn a_full_disk_on_the_leader_fails_over_and_loses_nothing() {
 
     // Through a healthy member: refused (5xx or unanswered) while the leader fails, then
     // acknowledged again once another member leads.
-    let seen = write_until_full(&cluster, full, &[healthy], healthy, false);
+    let seen = write_until_failed(&cluster, full, &[healthy], healthy, false, NO_SPACE);
     eprintln!(
         "leader's disk full: {}",
-        describe_full(&cluster, full, pid, &seen)
+        describe_failed(&cluster, full, pid, &seen)
     );
     wait_for_other_leader(&cluster, full);
-    recover(&mut cluster, full, &filler, healthy, &seen);
+    fs::remove_file(&filler).expect("remove the filler");
+    recover(&mut cluster, full, healthy, &seen);
     drop(disk);
     drop(cluster);
 }

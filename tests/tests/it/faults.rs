@@ -12,7 +12,8 @@
 //! `setns`es itself), so a partitioned machine, which the host cannot reach either, still has
 //! clients asking it for quorum reads and writes. Each fault lasts until the other clients got a
 //! number of answers (the schedule's pacing, and proof that the majority keeps serving); slowed
-//! links are skipped where the kernel has no netem.
+//! links (netem delay) are skipped where the kernel has no netem; a throttled link (a `tbf`
+//! token bucket: little bandwidth, packets queued up to 400 ms, then dropped) needs none.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
@@ -47,6 +48,8 @@ const ANSWERS_AFTER_FAULT: usize = 60;
 const CLIENTS: usize = 6;
 /// Keys under contention (few keys: more contention, a stronger check).
 const KEYS: usize = 3;
+/// The bandwidth of a throttled link, each way: 32 KB/s.
+const THROTTLED_BITS_PER_SEC: u64 = 256_000;
 
 /// Why an HTTP exchange did not produce an answer.
 #[derive(Debug)]
@@ -545,6 +548,7 @@ fn faults_on_testbed_machines_lose_no_acknowledged_write() {
             ("partition", true),
             ("power off", false),
             ("slow link", false),
+            ("throttled link", true),
             ("kill -9 agent", false),
             ("power off", true),
             ("partition", false),
@@ -596,6 +600,15 @@ fn faults_on_testbed_machines_lose_no_acknowledged_write() {
                         Err(e) => panic!("slow link on {}: {e}", node.name()),
                     }
                 }
+                "throttled link" => {
+                    node.throttle_link(THROTTLED_BITS_PER_SEC).unwrap();
+                    w.wait_answers(ANSWERS_DURING_FAULT, "a throttled link");
+                    // Whether the throttled member still leads (heartbeats may queue past
+                    // the election timeout).
+                    let now = self::leader(&endpoints).map(|i| tb.node(i + 1).name().to_owned());
+                    eprintln!("faults: while throttled, the leader is {now:?}");
+                    node.unslow_link().unwrap();
+                }
                 other => unreachable!("fault {other}"),
             }
             count(match (kind, at_leader) {
@@ -605,6 +618,8 @@ fn faults_on_testbed_machines_lose_no_acknowledged_write() {
                 ("power off", false) => "power off a follower",
                 ("partition", true) => "partition the leader",
                 ("partition", false) => "partition a follower",
+                ("throttled link", true) => "throttle the leader's link to 256 kbit/s",
+                ("throttled link", false) => "throttle a follower's link to 256 kbit/s",
                 _ => "slow link",
             });
             wait_healthy(&endpoints);

@@ -3,6 +3,7 @@ mod cluster;
 mod disk;
 mod dns;
 mod faults;
+mod fsync;
 mod images;
 mod kv;
 mod limits;
