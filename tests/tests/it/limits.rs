@@ -13,7 +13,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use flotilla_tests::agents::{Cluster, Security, flotctl, flotctl_ca_issue};
+use flotilla_tests::agents::{Cluster, Security};
 use flotilla_tests::testbed::wait_until;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -133,19 +133,7 @@ fn plain(api_extra: &str) -> Security {
 fn idle_connections_from_one_address_stall_neither_clients_nor_raft() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = tmp.path().join("ca");
-    let out = Command::new(flotctl().expect("flotctl builds"))
-        .args(["ca", "init"])
-        .arg(&ca)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    flotctl_ca_issue(&ca, "writer", &[]).unwrap();
-    let security = Security {
-        peer_ca: Some(ca.clone()),
-        api_ca: Some(ca.clone()),
-        ..Security::default()
-    };
-    let cluster = Cluster::start_secure(3, "", security).expect("3 agents over TLS start");
+    let cluster = crate::trust::mtls_cluster(&ca, &["writer"]);
     let file = |name: &str| ca.join(name).display().to_string();
     let (ca_file, cert, key) = (file("ca.crt"), file("writer.crt"), file("writer.key"));
     let tls = [

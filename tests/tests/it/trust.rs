@@ -25,6 +25,21 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// A CA at `ca` with a client certificate for each of `clients`, and 3 agents with mutual TLS
+/// on both ports (certificates from that CA).
+pub(crate) fn mtls_cluster(ca: &Path, clients: &[&str]) -> Cluster {
+    ca_init(ca);
+    for client in clients {
+        flotctl_ca_issue(ca, client, &[]).unwrap();
+    }
+    let security = Security {
+        peer_ca: Some(ca.to_owned()),
+        api_ca: Some(ca.to_owned()),
+        ..Security::default()
+    };
+    Cluster::start_secure(3, "", security).expect("3 agents over mTLS start")
+}
+
 fn ca_init(dir: &Path) {
     let out = run(Command::new(flotctl().expect("flotctl builds"))
         .args(["ca", "init"])
@@ -456,14 +471,7 @@ fn curl_as(dir: &Path, name: &str, extra: &[&str], url: &str) -> (bool, String) 
 fn a_renewed_certificate_is_used_after_reload_and_bad_files_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = tmp.path().join("ca");
-    ca_init(&ca);
-    flotctl_ca_issue(&ca, "writer", &[]).unwrap();
-    let security = Security {
-        peer_ca: Some(ca.clone()),
-        api_ca: Some(ca.clone()),
-        ..Security::default()
-    };
-    let cluster = Cluster::start_secure(3, "", security).expect("3 agents over mTLS start");
+    let cluster = mtls_cluster(&ca, &["writer"]);
     let a = cluster.agents();
     let n2 = &a[1];
     let (api, peer) = (format!("{}:2379", n2.ip()), format!("{}:2380", n2.ip()));
@@ -541,15 +549,7 @@ fn a_renewed_certificate_is_used_after_reload_and_bad_files_are_refused() {
 fn revoked_member_and_client_certificates_are_refused_after_reload() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = tmp.path().join("ca");
-    ca_init(&ca);
-    flotctl_ca_issue(&ca, "writer", &[]).unwrap();
-    flotctl_ca_issue(&ca, "mallory", &[]).unwrap();
-    let security = Security {
-        peer_ca: Some(ca.clone()),
-        api_ca: Some(ca.clone()),
-        ..Security::default()
-    };
-    let cluster = Cluster::start_secure(3, "", security).expect("3 agents over mTLS start");
+    let cluster = mtls_cluster(&ca, &["writer", "mallory"]);
     let a = cluster.agents();
     let keys = |i: usize| format!("https://{}:2379/v2/keys/revocation", a[i].ip());
     let (ok, out) = curl_as(
