@@ -1,11 +1,19 @@
 //! The cluster handle: this member's Raft, the applied state, and the operations that must run
 //! on the leader (writes, read indexes, membership changes), forwarded there over the peer
 //! transport when this member is not the leader.
+//!
+//! Every proposal carries a request id (this member's id, a number drawn at start, a counter)
+//! and the lowest counter still awaiting an answer, so the state machine applies it at most
+//! once (`flotilla_state::sessions`): a write forwarded to the leader that fails in transit, or
+//! whose leader is replaced while it holds it, is sent again with the same id until
+//! [`LEADER_DEADLINE`], and a copy that was committed anyway answers what the first produced.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, RwLockReadGuard};
+use std::hash::{BuildHasher as _, Hasher as _};
+use std::sync::{Arc, Mutex, RwLockReadGuard};
 use std::time::Duration;
 
+use flotilla_state::sessions::{Proposal, RequestId, Session};
 use flotilla_state::{Command, Response};
 use openraft::ChangeMembers;
 use openraft::error::{ClientWriteError, RaftError};
@@ -16,6 +24,7 @@ use crate::raft::log_store::Durable;
 use crate::raft::network::{CallError, Peers, path};
 use crate::raft::proposer::{ProposeError, Proposer};
 use crate::raft::state_machine::{Applied, Shared};
+use crate::raft::stats::PeerStats;
 use crate::raft::{Member, NodeId, Raft, id_hex};
 use crate::watch::Hub;
 
@@ -41,15 +50,17 @@ pub(crate) enum Error {
 /// An operation only the leader performs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum LeaderRequest {
-    /// Commit a command.
-    Propose(Command),
+    /// Commit a command (applied at most once per request id).
+    Propose(Proposal),
     /// Confirm leadership with a quorum and return the index a linearizable read waits for.
     ReadIndex,
     /// Add (or re-announce) a member: as a learner, then as a voter while there are fewer than
     /// [`MAX_VOTERS`].
     Join(Member),
     /// Register a member that has not started yet, as a learner (`member add`); it becomes a
-    /// voter when it starts and joins.
+    /// voter when it starts and joins. Without a name it is "unstarted" (as etcd lists a member
+    /// added by peer URL only), under a provisional id ([`Member::id`]) until an agent with
+    /// that peer address joins and replaces it.
     AddLearner(Member),
     /// Update a member's record (its client URLs) in the membership.
     SetNode(Member),
@@ -91,6 +102,77 @@ struct Inner {
     peers: Peers,
     proposer: Proposer,
     durable: Durable,
+    requests: Requests,
+    stats: PeerStats,
+}
+
+/// This process's proposer session: numbers its proposals and knows which still await an
+/// answer (the lowest of them travels with every proposal as the acknowledgement of the rest).
+struct Requests {
+    session: Session,
+    /// The last number given out, and the numbers awaiting an answer.
+    state: Mutex<(u64, BTreeSet<u64>)>,
+}
+
+impl Requests {
+    /// A session for member `id`, with a number no earlier run of this member drew.
+    fn new(id: NodeId) -> Self {
+        let mut h = std::hash::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        h.write_u128(now.as_nanos());
+        Requests {
+            session: Session {
+                member: id,
+                boot: h.finish(),
+            },
+            state: Mutex::new((0, BTreeSet::new())),
+        }
+    }
+
+    /// Wraps `command` with the next request id; the ticket says when it no longer awaits an
+    /// answer (dropped: answered, failed or abandoned).
+    fn start(&self, command: Command) -> (Proposal, Ticket<'_>) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.0 += 1;
+        let seq = st.0;
+        st.1.insert(seq);
+        let first_pending = st.1.first().copied().unwrap_or(seq);
+        let proposal = Proposal {
+            command,
+            id: Some(RequestId {
+                session: self.session,
+                seq,
+            }),
+            first_pending,
+        };
+        (
+            proposal,
+            Ticket {
+                requests: self,
+                seq,
+            },
+        )
+    }
+}
+
+/// A proposal awaiting its answer.
+struct Ticket<'a> {
+    requests: &'a Requests,
+    seq: u64,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        let mut st = self
+            .requests
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        st.1.remove(&self.seq);
+    }
 }
 
 impl Cluster {
@@ -108,6 +190,7 @@ impl Cluster {
         peers: Peers,
         proposer: Proposer,
         durable: Durable,
+        stats: PeerStats,
     ) -> Self {
         Cluster {
             inner: Arc::new(Inner {
@@ -119,6 +202,8 @@ impl Cluster {
                 peers,
                 proposer,
                 durable,
+                requests: Requests::new(id),
+                stats,
             }),
         }
     }
@@ -147,6 +232,11 @@ impl Cluster {
 
     pub(crate) fn peers(&self) -> &Peers {
         &self.inner.peers
+    }
+
+    /// This member's Raft traffic counters (`/v2/stats/*`).
+    pub(crate) fn stats(&self) -> &PeerStats {
+        &self.inner.stats
     }
 
     /// How far this member's Raft log is on disk.
@@ -192,8 +282,10 @@ impl Cluster {
     }
 
     /// Commits `cmd` (on the leader, wherever it is) and returns what applying it produced.
+    /// Applied at most once, however often it is sent (see the module docs).
     pub(crate) async fn propose(&self, cmd: Command) -> Result<Response, Error> {
-        match self.on_leader(LeaderRequest::Propose(cmd)).await? {
+        let (proposal, _ticket) = self.inner.requests.start(cmd);
+        match self.on_leader(LeaderRequest::Propose(proposal)).await? {
             LeaderReply::Applied(r, index) => {
                 // Read your writes on this member, as etcd: answer once applied here too. On
                 // the leader (and a follower that is quick) it already is: no need to wait
@@ -206,8 +298,12 @@ impl Cluster {
                     return Ok(*r);
                 }
                 let wait = self.inner.raft.wait(Some(LEADER_DEADLINE));
+                // Never a success this member cannot back with a read: the write is committed,
+                // but answering it here would break read-your-writes.
                 if let Err(e) = wait.applied_index_at_least(Some(index), "write").await {
-                    tracing::debug!("the write at {index} is not applied here yet: {e}");
+                    return Err(Error::Raft(format!(
+                        "the write was committed at index {index} but this member has not                          applied it ({e}): read it back through the leader"
+                    )));
                 }
                 Ok(*r)
             }
@@ -238,10 +334,24 @@ impl Cluster {
     }
 
     /// Registers a member that will start later (`member add`).
+    /// Answers once this member applied the change too, so that its member list shows it
+    /// (read your writes, as `etcdctl member add` expects when it lists the members next).
     pub(crate) async fn add_learner(&self, member: Member) -> Result<(), Error> {
-        self.on_leader(LeaderRequest::AddLearner(member))
-            .await
-            .map(|_| ())
+        let id = member.id();
+        self.on_leader(LeaderRequest::AddLearner(member)).await?;
+        let mut metrics = self.inner.raft.metrics();
+        let deadline = Instant::now() + LEADER_DEADLINE;
+        while !self.members().iter().any(|m| m.id == id) {
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                // Committed on the leader: this member shows it once it catches up.
+                Ok(Err(_)) | Err(_) => {
+                    tracing::debug!(member = %id_hex(id), "the added member is not applied here yet");
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Removes a member's record from the machine registry, then the member from the
@@ -277,41 +387,50 @@ impl Cluster {
     }
 
     /// Runs `req` on the leader: locally when this member leads, else over the peer transport;
-    /// follows leader changes until [`LEADER_DEADLINE`].
+    /// follows leader changes until [`LEADER_DEADLINE`]. A request sent to a leader that fails
+    /// in transit, or whose leader is replaced while it holds it, is sent again (a proposal
+    /// with the same request id: the state machine applies it at most once).
     pub(crate) async fn on_leader(&self, req: LeaderRequest) -> Result<LeaderReply, Error> {
         let deadline = Instant::now() + LEADER_DEADLINE;
         let mut metrics = self.inner.raft.metrics();
+        // Why the last attempt's outcome is unknown (it may have been applied).
+        let mut in_doubt: Option<String> = None;
         loop {
             let leader = metrics.borrow_and_update().current_leader;
+            // Why this attempt's outcome is unknown, if it is.
+            let mut lost: Option<String> = None;
             let attempt = match leader {
                 Some(l) if l == self.inner.id => Some(self.handle_local(req.clone()).await),
                 Some(l) => match self.leader_addr(l) {
-                    Some(addr) => match self
-                        .inner
-                        .peers
-                        .call::<_, Result<LeaderReply, Error>>(
+                    Some(addr) => {
+                        let remaining = deadline.saturating_duration_since(Instant::now());
+                        let call = self.inner.peers.call::<_, Result<LeaderReply, Error>>(
                             &addr,
                             path::LEADER,
                             &req,
-                            LEADER_DEADLINE,
-                        )
-                        .await
-                    {
-                        Ok(reply) => Some(reply),
-                        // Never sent: look for the leader again and send it there.
-                        Err(CallError::Unreachable { .. }) => None,
-                        // Failed in transit: a proposal may have reached the leader and been
-                        // committed, and sending it again could apply it twice (a CAS that
-                        // succeeds, then reports a failed compare). Its outcome is unknown;
-                        // the other requests are safe to repeat.
-                        Err(e) if matches!(req, LeaderRequest::Propose(_)) => {
-                            return Err(Error::Raft(format!(
-                                "{e}; the write may or may not have been applied: read it \
-                                 back before retrying"
-                            )));
+                            remaining.max(Duration::from_millis(100)),
+                        );
+                        tokio::select! {
+                            reply = call => match reply {
+                                Ok(reply) => Some(reply),
+                                // Never sent: look for the leader again and send it there.
+                                Err(CallError::Unreachable { .. }) => None,
+                                // Failed in transit: it may have reached the leader. Send it
+                                // again (the same request id) until the deadline.
+                                Err(e) => {
+                                    lost = Some(e.to_string());
+                                    None
+                                }
+                            },
+                            () = leader_replaced(metrics.clone(), l) => {
+                                lost = Some(format!(
+                                    "leader {} was replaced while it held the request",
+                                    id_hex(l)
+                                ));
+                                None
+                            }
                         }
-                        Err(_) => None,
-                    },
+                    }
                     None => None,
                 },
                 None => None,
@@ -320,13 +439,26 @@ impl Cluster {
                 Some(Err(Error::NoLeader(_))) | None => {}
                 Some(done) => return done,
             }
+            if let Some(why) = lost {
+                if let LeaderRequest::Propose(p) = &req {
+                    tracing::info!(
+                        seq = p.id.map_or(0, |id| id.seq),
+                        "sending a write to the leader again ({why}); it is applied at most once"
+                    );
+                }
+                in_doubt = Some(why);
+            }
             // Wait for the leader to change (or a short while, if the leader is known but did
             // not answer), then try again.
             let now = Instant::now();
             if now >= deadline {
-                return Err(Error::NoLeader(format!(
-                    "no leader answered within {LEADER_DEADLINE:?}"
-                )));
+                return Err(match (in_doubt, &req) {
+                    (Some(why), LeaderRequest::Propose(_)) => Error::Raft(format!(
+                        "{why}; no leader answered within {LEADER_DEADLINE:?}, so the write \
+                         may or may not have been applied: read it back before retrying"
+                    )),
+                    _ => Error::NoLeader(format!("no leader answered within {LEADER_DEADLINE:?}")),
+                });
             }
             let pause = if leader.is_some() {
                 Duration::from_millis(50)
@@ -351,11 +483,12 @@ impl Cluster {
     pub(crate) async fn handle_local(&self, req: LeaderRequest) -> Result<LeaderReply, Error> {
         let raft = &self.inner.raft;
         match req {
-            LeaderRequest::Propose(cmd) => match self.inner.proposer.propose(cmd).await {
+            LeaderRequest::Propose(p) => match self.inner.proposer.propose(p).await {
                 Ok((r, index)) => Ok(LeaderReply::Applied(Box::new(r), index)),
                 Err(ProposeError::NotLeader { .. }) => {
                     Err(Error::NoLeader("leadership moved".into()))
                 }
+                Err(e @ ProposeError::Stale { .. }) => Err(Error::Raft(e.to_string())),
                 Err(ProposeError::Raft(e)) => Err(Error::Raft(e)),
             },
             LeaderRequest::ReadIndex => match raft.ensure_linearizable().await {
@@ -363,7 +496,24 @@ impl Cluster {
                 Err(e) => Err(Error::NoLeader(e.to_string())),
             },
             LeaderRequest::Join(member) => {
-                let id = crate::raft::node_id(&member.name);
+                let id = member.id();
+                // An unstarted member registered for this peer address (`member add` without
+                // a name): the agent joining there takes its place.
+                let placeholders: BTreeSet<NodeId> = self
+                    .members()
+                    .into_iter()
+                    .filter(|m| {
+                        m.id != id
+                            && m.member.is_unstarted()
+                            && m.member.peer_addr == member.peer_addr
+                    })
+                    .map(|m| m.id)
+                    .collect();
+                if !placeholders.is_empty() {
+                    raft.change_membership(ChangeMembers::RemoveNodes(placeholders), false)
+                        .await
+                        .map_err(membership_error)?;
+                }
                 let existing = self.members().into_iter().find(|m| m.id == id);
                 if existing.is_none() {
                     raft.add_learner(id, member.clone(), true)
@@ -389,11 +539,18 @@ impl Cluster {
                 Ok(LeaderReply::Done)
             }
             LeaderRequest::AddLearner(member) => {
-                let id = crate::raft::node_id(&member.name);
-                if self.members().iter().any(|m| m.id == id) {
+                let id = member.id();
+                let members = self.members();
+                if members.iter().any(|m| m.id == id) {
+                    return Err(Error::Rejected(format!("member {member} already exists")));
+                }
+                if let Some(m) = members
+                    .iter()
+                    .find(|m| m.member.peer_addr == member.peer_addr)
+                {
                     return Err(Error::Rejected(format!(
-                        "member {} already exists",
-                        member.name
+                        "peer URL {} exists: it is member {}",
+                        member.peer_addr, m.member
                     )));
                 }
                 raft.add_learner(id, member, false)
@@ -402,7 +559,7 @@ impl Cluster {
                 Ok(LeaderReply::Done)
             }
             LeaderRequest::SetNode(member) => {
-                let id = crate::raft::node_id(&member.name);
+                let id = member.id();
                 if !self.members().iter().any(|m| m.id == id) {
                     return Err(Error::Rejected(format!(
                         "member {} is not in the membership",
@@ -441,6 +598,27 @@ impl Cluster {
                 }
                 Ok(LeaderReply::Done)
             }
+        }
+    }
+}
+
+/// How often a request held by the leader checks that the leader is still the same. The
+/// metrics change on every write: waking on each change would cost every forwarded write a
+/// wake-up per change; an election takes longer than this anyway.
+const LEADER_CHECK: Duration = Duration::from_millis(100);
+
+/// Returns once this member knows a leader other than `leader` (or none): a request held by
+/// `leader` will not be answered.
+async fn leader_replaced(
+    metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, Member>>,
+    leader: NodeId,
+) {
+    let mut tick = tokio::time::interval(LEADER_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if metrics.borrow().current_leader != Some(leader) {
+            return;
         }
     }
 }
@@ -487,9 +665,10 @@ pub(crate) async fn promote_learners(
                     .and_then(|r| r.get(&id).copied().flatten())
                     .map(|l| l.index)
             };
+            // An unstarted member's provisional id is not the agent's that will start there.
             members
                 .iter()
-                .filter(|x| !x.voter)
+                .filter(|x| !x.voter && !x.member.is_unstarted())
                 .find(|x| matched(x.id).is_some_and(|i| i + PROMOTE_LAG >= last))
                 .map(|x| x.id)
         };
@@ -527,5 +706,36 @@ pub(crate) async fn stop_when_removed(
             _ = cancel.cancelled() => return,
             changed = metrics.changed() => if changed.is_err() { return },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expire() -> Command {
+        Command::Expire { now_ms: 0 }
+    }
+
+    fn seq(p: &Proposal) -> u64 {
+        p.id.map_or(0, |id| id.seq)
+    }
+
+    #[test]
+    fn proposals_carry_the_lowest_number_still_awaiting_an_answer() {
+        let requests = Requests::new(7);
+        let (p1, t1) = requests.start(expire());
+        let (p2, t2) = requests.start(expire());
+        assert_eq!((seq(&p1), p1.first_pending), (1, 1));
+        assert_eq!((seq(&p2), p2.first_pending), (2, 1));
+        drop(t1);
+        let (p3, _t3) = requests.start(expire());
+        assert_eq!((seq(&p3), p3.first_pending), (3, 2));
+        drop(t2);
+        let (p4, _t4) = requests.start(expire());
+        assert_eq!((seq(&p4), p4.first_pending), (4, 3));
+        assert_eq!(p4.id.map(|id| id.session.member), Some(7));
+        // Each run of a member is a session of its own.
+        assert_ne!(Requests::new(7).session, requests.session);
     }
 }

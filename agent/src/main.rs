@@ -249,13 +249,17 @@ async fn run(s: Settings, source: Source, logging: logging::Logging) -> Result<(
     }
     .validate()
     .context("invalid raft settings")?;
+    let peer_stats = raft::stats::PeerStats::default();
     let raft = Raft::new(
         id,
         Arc::new(raft_config),
-        Factory {
-            peers: peers.clone(),
-            durable: durable.clone(),
-        },
+        raft::stats::Measured::new(
+            Factory {
+                peers: peers.clone(),
+                durable: durable.clone(),
+            },
+            peer_stats.clone(),
+        ),
         log,
         sm,
     )
@@ -274,6 +278,7 @@ async fn run(s: Settings, source: Source, logging: logging::Logging) -> Result<(
         peers,
         proposer,
         durable,
+        peer_stats,
     );
     let liveness = Liveness::default();
 

@@ -101,6 +101,7 @@ async fn append(State(p): State<Peer>, body: Bytes) -> Response {
         Ok(req) => req,
         Err(r) => return *r,
     };
+    p.cluster.stats().received_append(&req, body.len());
     let matched = req.entries.last().map(|e| e.log_id).or(req.prev_log_id);
     let durable = p.cluster.durable();
     let truncations = durable.truncations();

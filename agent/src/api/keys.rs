@@ -2,12 +2,17 @@
 //! (`kv::v2::parse`, `Store`); this module routes reads (local, or behind a read barrier with
 //! `quorum=true`), writes (through Raft, forwarded to the leader) and watches (history, then
 //! live events), and writes etcd's headers and bodies.
+//!
+//! A body larger than `[api] max_body_bytes` is refused as etcd refuses a form over Go's
+//! 10 MB limit: 400, `errorCode` 210 (`Invalid POST form`), cause `http: POST too large`
+//! (here followed by the setting that limits it).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, OriginalUri, State};
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
@@ -36,8 +41,12 @@ async fn handle(
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     method: Method,
     OriginalUri(uri): OriginalUri,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return error(&api, &unreadable(&api, &e)),
+    };
     let key = key_of(uri.path());
     let mut params: Vec<(String, String)> = Vec::new();
     if method != Method::GET && method != Method::HEAD {
@@ -100,6 +109,20 @@ fn key_of(path: &str) -> String {
         "/".to_string()
     } else {
         decoded
+    }
+}
+
+/// etcd's answer to a body it cannot take (`ParseForm` failing: 210, Invalid POST form).
+fn unreadable(api: &Api, e: &BytesRejection) -> kv::Error {
+    let cause = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        "http: POST too large (the body is larger than [api] max_body_bytes)".to_string()
+    } else {
+        format!("cannot read the body: {}", e.body_text())
+    };
+    kv::Error {
+        code: ErrorCode::InvalidForm,
+        cause,
+        index: store_index(api),
     }
 }
 

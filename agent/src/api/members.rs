@@ -1,6 +1,13 @@
 //! `/v2/members`: the member list etcdctl syncs its endpoints from, and member add/remove.
+//!
+//! `POST /v2/members` takes etcd's `{"peerURLs": [...]}` alone, as `etcdctl member add`
+//! (v2) sends it: the member is listed as etcd lists it, unstarted with the name `""`, under a
+//! provisional id (flotilla derives a member's id from its name, which is not known yet); the
+//! agent that joins with that peer URL replaces it under its own id. With a `name` the id is
+//! final at once.
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -9,7 +16,7 @@ use serde_json::{Value, json as j};
 
 use super::{Api, json};
 use crate::cluster::{Error, MemberInfo};
-use crate::raft::{Member, id_hex, node_id};
+use crate::raft::{Member, id_hex};
 
 fn member_json(api: &Api, m: &MemberInfo) -> Value {
     j!({
@@ -60,13 +67,29 @@ pub(super) async fn leader(State(api): State<Api>) -> Response {
 struct AddRequest {
     #[serde(rename = "peerURLs")]
     peer_urls: Vec<String>,
-    /// flotilla needs the name up front: it determines the member id.
+    /// Optional (etcd takes none): with it, the member id is final at once.
+    #[serde(default)]
     name: Option<String>,
 }
 
-/// `POST /v2/members` with `{"name": "...", "peerURLs": ["http://host:2380"]}`: registers a
-/// member that will start with `[cluster] join`.
-pub(super) async fn add(State(api): State<Api>, body: Bytes) -> Response {
+/// `POST /v2/members` with `{"peerURLs": ["http://host:2380"]}` (and optionally `"name"`):
+/// registers a member that will start with `[cluster] join`.
+pub(super) async fn add(State(api): State<Api>, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return message(
+                e.status(),
+                "the member request is larger than [api] max_body_bytes".into(),
+            );
+        }
+        Err(e) => {
+            return message(
+                e.status(),
+                format!("cannot read the member request: {}", e.body_text()),
+            );
+        }
+    };
     let req: AddRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -76,12 +99,7 @@ pub(super) async fn add(State(api): State<Api>, body: Bytes) -> Response {
             );
         }
     };
-    let Some(name) = req.name.filter(|n| !n.is_empty()) else {
-        return message(
-            StatusCode::BAD_REQUEST,
-            "a member name is required (it determines the member id)".into(),
-        );
-    };
+    let name = req.name.unwrap_or_default();
     let [peer] = req.peer_urls.as_slice() else {
         return message(
             StatusCode::BAD_REQUEST,
@@ -98,7 +116,7 @@ pub(super) async fn add(State(api): State<Api>, body: Bytes) -> Response {
         client_urls: Vec::new(),
     };
     let info = MemberInfo {
-        id: node_id(&member.name),
+        id: member.id(),
         member: member.clone(),
         voter: false,
     };

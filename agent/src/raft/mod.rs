@@ -1,19 +1,22 @@
 //! Consensus: openraft's type configuration, the member identity, and the pieces openraft is
 //! built from (durable log, state machine with snapshots, peer network client).
 //!
-//! A log entry carries a *batch* of [`Command`]s: the proposer collects the writes that arrive
-//! while the previous batch is being committed, so one fsync and one round trip serve many
-//! clients.
+//! A log entry carries a *batch* of [`Proposal`]s (a command and its request id): the proposer
+//! collects the writes that arrive while the previous batch is being committed, so one fsync
+//! and one round trip serve many clients. The state machine applies each request id at most
+//! once ([`flotilla_state::sessions`]), so a proposal sent again after a failure in transit is
+//! answered, not applied twice.
 
 pub(crate) mod log_store;
 pub(crate) mod network;
 pub(crate) mod proposer;
 pub(crate) mod state_machine;
+pub(crate) mod stats;
 
 use std::fmt;
 use std::io::Cursor;
 
-use flotilla_state::{Command, Response};
+use flotilla_state::sessions::{Outcome, Proposal};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -23,8 +26,8 @@ pub(crate) type NodeId = u64;
 openraft::declare_raft_types!(
     /// flotilla's Raft types.
     pub(crate) TypeConfig:
-        D = Vec<Command>,
-        R = Vec<Response>,
+        D = Vec<Proposal>,
+        R = Vec<Outcome>,
         NodeId = NodeId,
         Node = Member,
         Entry = openraft::Entry<TypeConfig>,
@@ -50,6 +53,24 @@ pub(crate) struct Member {
 impl fmt::Display for Member {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}@{}", self.name, self.peer_addr)
+    }
+}
+
+impl Member {
+    /// The member's node id: [`node_id`] of its name; a member added without a name (etcd's
+    /// "unstarted" member, `etcdctl member add`) gets a provisional one from its peer address,
+    /// until an agent with that peer address joins and takes its place.
+    pub(crate) fn id(&self) -> NodeId {
+        if self.name.is_empty() {
+            node_id(&format!("unstarted@{}", self.peer_addr))
+        } else {
+            node_id(&self.name)
+        }
+    }
+
+    /// Whether the member was added without a name and no agent has joined in its place yet.
+    pub(crate) fn is_unstarted(&self) -> bool {
+        self.name.is_empty()
     }
 }
 
@@ -109,5 +130,25 @@ mod tests {
         assert_eq!(node_id("node1"), node_id("node1"));
         assert_ne!(node_id("node1"), node_id("node2"));
         assert_eq!(id_hex(0xab), "00000000000000ab");
+        let named = Member {
+            name: "node1".into(),
+            peer_addr: "10.0.0.1:2380".into(),
+            client_urls: Vec::new(),
+        };
+        assert_eq!(named.id(), node_id("node1"));
+        let unstarted = |addr: &str| Member {
+            name: String::new(),
+            peer_addr: addr.into(),
+            client_urls: Vec::new(),
+        };
+        assert_eq!(
+            unstarted("10.0.0.4:2380").id(),
+            unstarted("10.0.0.4:2380").id()
+        );
+        assert_ne!(
+            unstarted("10.0.0.4:2380").id(),
+            unstarted("10.0.0.5:2380").id()
+        );
+        assert_ne!(unstarted("10.0.0.4:2380").id(), node_id(""));
     }
 }

@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use flotilla_state::{Command, Response};
+use flotilla_state::Response;
+use flotilla_state::sessions::{Outcome, Proposal};
 use openraft::error::{ClientWriteError, RaftError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -29,11 +30,20 @@ pub(crate) enum ProposeError {
     /// Raft failed or is shutting down.
     #[error("raft failed: {0}")]
     Raft(String),
+    /// The state machine refused the proposal: its proposer had stopped waiting for it (see
+    /// `flotilla_state::sessions`).
+    #[error(
+        "the proposal at log index {index} came too late (its proposer no longer waits for it): not applied"
+    )]
+    Stale {
+        /// The log entry that carried it.
+        index: u64,
+    },
 }
 
-/// A command and where its response and log index go.
+/// A proposal and where its response and log index go.
 type Pending = (
-    Command,
+    Proposal,
     oneshot::Sender<Result<(Response, u64), ProposeError>>,
 );
 
@@ -55,12 +65,13 @@ impl Proposer {
         Proposer { tx }
     }
 
-    /// Proposes `cmd` through this member's Raft (which must be the leader); returns its
-    /// response and the index of the log entry that carried it.
-    pub(crate) async fn propose(&self, cmd: Command) -> Result<(Response, u64), ProposeError> {
+    /// Proposes `p` through this member's Raft (which must be the leader); returns its
+    /// response (of this copy, or of an earlier one with the same request id) and the index of
+    /// the log entry that carried it.
+    pub(crate) async fn propose(&self, p: Proposal) -> Result<(Response, u64), ProposeError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send((cmd, tx))
+            .send((p, tx))
             .await
             .map_err(|_| ProposeError::Raft("the proposer stopped".into()))?;
         rx.await
@@ -111,11 +122,15 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, cancel: CancellationTo
 
 type Waiter = oneshot::Sender<Result<(Response, u64), ProposeError>>;
 
-fn answer(waiters: Vec<Waiter>, result: Result<(Vec<Response>, u64), ProposeError>) {
+fn answer(waiters: Vec<Waiter>, result: Result<(Vec<Outcome>, u64), ProposeError>) {
     match result {
-        Ok((responses, index)) => {
-            for (w, r) in waiters.into_iter().zip(responses) {
-                let _ = w.send(Ok((r, index)));
+        Ok((outcomes, index)) => {
+            for (w, o) in waiters.into_iter().zip(outcomes) {
+                let answer = match o {
+                    Outcome::Applied(r) | Outcome::Replayed(r) => Ok((r, index)),
+                    Outcome::Stale => Err(ProposeError::Stale { index }),
+                };
+                let _ = w.send(answer);
             }
         }
         Err(e) => {

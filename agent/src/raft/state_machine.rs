@@ -2,13 +2,18 @@
 //! made durable by snapshots in `data_dir` (the log since the snapshot is replayed on start).
 //!
 //! Readers (the HTTP API, the liveness task) take the [`Shared`] read lock briefly and never
-//! across an `.await`; every applied kv event is published on the watch hub.
+//! across an `.await`; every applied kv event is published on the watch hub. A proposal whose
+//! request id was applied before is answered from the state's session table and publishes
+//! nothing (see `flotilla_state::sessions`).
+//!
+//! A snapshot written before the session table existed still loads (with an empty table).
 
 use std::fs;
 use std::io::{Cursor, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use flotilla_state::sessions::Outcome;
 use flotilla_state::{Command, Response, State, kv};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -55,6 +60,38 @@ struct SnapshotFile {
     state: State,
 }
 
+/// A snapshot as written before `State` had its session table (postcard is not
+/// self-describing: a missing trailing field is not defaulted, so the old layout is decoded
+/// on its own).
+#[derive(Deserialize)]
+struct SnapshotFileV1 {
+    meta: SnapshotMeta<NodeId, Member>,
+    kv: kv::Store,
+    machines: flotilla_state::machines::Machines,
+    units: flotilla_state::units::Units,
+}
+
+impl SnapshotFile {
+    /// Decodes a snapshot in the current layout, or else the one before.
+    fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        match postcard::from_bytes::<SnapshotFile>(bytes) {
+            Ok(file) => Ok(file),
+            Err(e) => match postcard::from_bytes::<SnapshotFileV1>(bytes) {
+                Ok(old) => Ok(SnapshotFile {
+                    meta: old.meta,
+                    state: State {
+                        kv: old.kv,
+                        machines: old.machines,
+                        units: old.units,
+                        sessions: Default::default(),
+                    },
+                }),
+                Err(_) => Err(e),
+            },
+        }
+    }
+}
+
 /// The state machine store handed to openraft.
 pub(crate) struct StateMachine {
     shared: Shared,
@@ -73,7 +110,7 @@ impl StateMachine {
         if path.exists() {
             let load = || -> Result<SnapshotFile, String> {
                 let bytes = fs::read(&path).map_err(|e| e.to_string())?;
-                postcard::from_bytes(&bytes).map_err(|e| e.to_string())
+                SnapshotFile::decode(&bytes).map_err(|e| e.to_string())
             };
             let file = load().map_err(|reason| Error::Load {
                 path: path.display().to_string(),
@@ -111,7 +148,14 @@ impl StateMachine {
 }
 
 /// Writes `bytes` to `path` atomically and durably: temp file, fsync, rename, fsync the dir.
-fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// A failure is never retried: the caller's error stops Raft (after a failed fsync the kernel
+/// may have dropped the pages, and a second fsync would report them written).
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), AnyError> {
+    write_durably_io(path, bytes)
+        .map_err(|e| AnyError::error(format!("cannot write the snapshot {}: {e}", path.display())))
+}
+
+fn write_durably_io(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = fs::File::create(&tmp)?;
     f.write_all(bytes)?;
@@ -153,7 +197,7 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
         let path = self.path.clone();
         let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, AnyError> {
             let bytes = postcard::to_allocvec(&file).map_err(|e| AnyError::new(&e))?;
-            write_durably(&path, &bytes).map_err(|e| AnyError::new(&e))?;
+            write_durably(&path, &bytes)?;
             Ok(bytes)
         })
         .await
@@ -177,7 +221,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((a.last_applied, a.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Response>>, StorageError<NodeId>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Outcome>>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -203,14 +247,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         a.membership = StoredMembership::new(Some(entry.log_id), m);
                         replies.push(Vec::new());
                     }
-                    EntryPayload::Normal(cmds) => {
-                        let mut out = Vec::with_capacity(cmds.len());
-                        for cmd in &cmds {
-                            let resp = a.state.apply(cmd);
-                            collect_events(cmd, &resp, &mut events);
-                            units_changed |=
-                                matches!(resp, Response::Unit(Ok(true)) | Response::Machine(true));
-                            out.push(resp);
+                    EntryPayload::Normal(proposals) => {
+                        let mut out = Vec::with_capacity(proposals.len());
+                        for p in &proposals {
+                            let outcome = a.state.apply_proposal(p);
+                            if let Outcome::Applied(resp) = &outcome {
+                                collect_events(&p.command, resp, &mut events);
+                                units_changed |= matches!(
+                                    resp,
+                                    Response::Unit(Ok(true)) | Response::Machine(true)
+                                );
+                            }
+                            out.push(outcome);
                         }
                         replies.push(out);
                     }
@@ -247,16 +295,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let bytes = snapshot.into_inner();
-        let file: SnapshotFile = postcard::from_bytes(&bytes).map_err(|e| {
+        let file = SnapshotFile::decode(&bytes).map_err(|e| {
             StorageIOError::read_snapshot(Some(meta.signature()), AnyError::new(&e))
         })?;
         let path = self.snapshot_path();
         tokio::task::spawn_blocking(move || write_durably(&path, &bytes))
             .await
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e)))?
-            .map_err(|e| {
-                StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e))
-            })?;
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), e))?;
         {
             let mut a = self.shared.write().unwrap_or_else(|p| p.into_inner());
             a.state = file.state;
@@ -276,7 +322,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(StorageIOError::read_snapshot(None, AnyError::new(&e)).into()),
         };
-        let file: SnapshotFile = postcard::from_bytes(&bytes)
+        let file = SnapshotFile::decode(&bytes)
             .map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?;
         Ok(Some(Snapshot {
             meta: file.meta,
@@ -299,5 +345,58 @@ fn collect_events(cmd: &Command, resp: &Response, out: &mut Vec<Arc<kv::Event>>)
         Response::Kv(Ok(ev)) => out.push(Arc::new(ev.clone())),
         Response::Expired(evs) => out.extend(evs.iter().cloned().map(Arc::new)),
         Response::Kv(Err(_)) | Response::Machine(_) | Response::Unit(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The layout of a snapshot before the session table, as it was written.
+    #[derive(Serialize)]
+    struct OldFile {
+        meta: SnapshotMeta<NodeId, Member>,
+        state: OldState,
+    }
+
+    #[derive(Serialize)]
+    struct OldState {
+        kv: kv::Store,
+        machines: flotilla_state::machines::Machines,
+        units: flotilla_state::units::Units,
+    }
+
+    #[test]
+    fn a_snapshot_from_before_the_session_table_loads() {
+        let mut state = State::default();
+        let set = kv::WriteOp::Set {
+            value: "v".into(),
+            dir: false,
+            ttl: None,
+            refresh: false,
+            prev: kv::Preconditions::default(),
+        };
+        state.apply(&Command::Kv(kv::Write::new("/k", set, 0)));
+        let meta = SnapshotMeta {
+            last_log_id: None,
+            last_membership: StoredMembership::default(),
+            snapshot_id: "1-1-1".into(),
+        };
+        let old = OldFile {
+            meta: meta.clone(),
+            state: OldState {
+                kv: state.kv.clone(),
+                machines: state.machines.clone(),
+                units: state.units.clone(),
+            },
+        };
+        let bytes = postcard::to_allocvec(&old).expect("encodes");
+        let file = SnapshotFile::decode(&bytes).expect("the old layout decodes");
+        assert_eq!(file.state, state);
+        assert_eq!(file.meta, meta);
+
+        let new = postcard::to_allocvec(&SnapshotFile { meta, state }).expect("encodes");
+        assert!(SnapshotFile::decode(&new).is_ok());
+        assert!(SnapshotFile::decode(&new[..new.len() / 2]).is_err());
     }
 }

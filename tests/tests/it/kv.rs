@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -455,6 +455,39 @@ fn oversized_values_are_refused() {
     );
     let set = etcdctl(&url, &["set", "/small", "ok"]);
     assert_eq!(transcript(&set), "stdout: ok\nstderr: exit: 0");
+
+    // A body over `[api] max_body_bytes` (512 KiB by default) is etcd's answer to a form
+    // over Go's limit: 400, 210 Invalid POST form, "http: POST too large".
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let http = reqwest::Client::new();
+    let body = format!("value={}", "x".repeat(600 * 1024));
+    let put = form(
+        &http,
+        reqwest::Method::PUT,
+        &format!("{url}/v2/keys/huge"),
+        body.clone(),
+    );
+    let (status, json) = rt.block_on(send(put)).expect("an answer");
+    assert_eq!(
+        (status, json["errorCode"].as_u64(), &json["message"]),
+        (400, Some(210), &serde_json::json!("Invalid POST form")),
+        "{json}"
+    );
+    assert!(
+        json["cause"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("http: POST too large")),
+        "{json}"
+    );
+    let add = http.post(format!("{url}/v2/members")).body(body);
+    let (status, json) = rt.block_on(send(add)).expect("an answer");
+    assert_eq!(status, 413, "{json}");
+    assert!(
+        json["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("max_body_bytes")),
+        "{json}"
+    );
 }
 
 /// The status of machine `name` in `/flotilla/v1/machines` of agent `i`.
@@ -493,4 +526,404 @@ fn a_silent_machine_is_marked_lost_and_up_again() {
     wait_status(&cluster, observer, &name, "lost");
     cluster.restart(victim).expect("the machine comes back");
     wait_status(&cluster, observer, &name, "up");
+}
+
+/// What one client of [`writes_forwarded_through_leader_changes_are_applied_once`] saw.
+#[derive(Default)]
+struct Seen {
+    /// In-order values whose POST was acknowledged.
+    posted: Vec<String>,
+    /// Compare-and-swaps that answered "Compare failed" although they took effect.
+    false_failures: Vec<String>,
+    /// Requests whose outcome is unknown (an error other than a failed compare).
+    unknown: usize,
+}
+
+/// `(status, body)` of one request, or the transport error.
+async fn send(request: reqwest::RequestBuilder) -> Result<(u16, serde_json::Value), String> {
+    let resp = request.send().await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp.text().await.map_err(|e| e.to_string())?;
+    let json = serde_json::from_str(&body).map_err(|e| format!("{status} {body:?}: {e}"))?;
+    Ok((status, json))
+}
+
+fn form(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    body: String,
+) -> reqwest::RequestBuilder {
+    http.request(method, url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+}
+
+/// The value of `url` (a key), read through the leader (`quorum=true`), once the cluster
+/// answers (within a minute; else nothing).
+async fn read_back(http: &reqwest::Client, url: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
+        if let Ok((200, json)) = send(http.get(format!("{url}?quorum=true"))).await
+            && let Some(v) = json["node"]["value"].as_str()
+        {
+            return v.to_string();
+        }
+    }
+    String::new()
+}
+
+/// Posts in-order keys with a unique value each until `stop`.
+async fn post_until(
+    http: reqwest::Client,
+    url: String,
+    client: usize,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicUsize>,
+) -> Seen {
+    let mut seen = Seen::default();
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let value = format!("p{client}-{n}");
+        let post = form(&http, reqwest::Method::POST, &url, format!("value={value}"));
+        match send(post).await {
+            Ok((201, _)) => {
+                seen.posted.push(value);
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => seen.unknown += 1,
+        }
+    }
+    seen
+}
+
+/// Swaps key `url` from the value it holds to a new unique one until `stop`; a swap that
+/// answers "Compare failed" must not have taken effect.
+async fn swap_until(
+    http: reqwest::Client,
+    url: String,
+    client: usize,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicUsize>,
+) -> Seen {
+    let mut seen = Seen::default();
+    let mut current = format!("s{client}-0");
+    loop {
+        let set = form(
+            &http,
+            reqwest::Method::PUT,
+            &url,
+            format!("value={current}"),
+        );
+        if matches!(send(set).await, Ok((200 | 201, _))) {
+            break;
+        }
+    }
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let next = format!("s{client}-{n}");
+        let swap = form(
+            &http,
+            reqwest::Method::PUT,
+            &url,
+            format!("prevValue={current}&value={next}"),
+        );
+        match send(swap).await {
+            Ok((200, _)) => {
+                current = next;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok((412, json)) if json["errorCode"] == 101 => {
+                let before = std::mem::replace(&mut current, read_back(&http, &url).await);
+                if current == next {
+                    seen.false_failures
+                        .push(format!("{before} -> {next}: {json}"));
+                }
+            }
+            _ => {
+                seen.unknown += 1;
+                current = read_back(&http, &url).await;
+            }
+        }
+    }
+    seen
+}
+
+/// Whether agent `i` says it leads.
+fn leads(cluster: &Cluster, i: usize) -> bool {
+    cluster
+        .get(i, "/v2/stats/self")
+        .is_some_and(|(code, body)| code == 200 && body.contains("\"StateLeader\""))
+}
+
+/// Writes that a follower forwards to the leader while the leader stops (kill -STOP, then
+/// -CONT) or dies (kill -9) are sent again to the next leader with the same request id and
+/// applied once: no in-order key is created twice, no compare-and-swap that took effect
+/// answers "Compare failed", and no acknowledged write is lost.
+#[test]
+fn writes_forwarded_through_leader_changes_are_applied_once() {
+    let mut cluster = Cluster::start(3).expect("3 agents start");
+    let first = cluster.wait_leader().expect("a leader");
+    let via = (first + 1) % 3;
+    let url = cluster.agents()[via].client_url();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client");
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let (http, stop, done) = (http.clone(), stop.clone(), done.clone());
+            if c % 2 == 0 {
+                rt.spawn(post_until(
+                    http,
+                    format!("{url}/v2/keys/queue"),
+                    c,
+                    stop,
+                    done,
+                ))
+            } else {
+                let key = format!("{url}/v2/keys/swap/c{c}");
+                rt.spawn(swap_until(http, key, c, stop, done))
+            }
+        })
+        .collect();
+    let more = |n: usize| {
+        let want = done.load(Ordering::Relaxed) + n;
+        wait_until(Duration::from_secs(60), "writes being acknowledged", || {
+            done.load(Ordering::Relaxed) >= want
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    };
+    let new_leader = |cluster: &Cluster, old: usize| {
+        wait_for(Duration::from_secs(30), "another leader", || {
+            (0..3)
+                .find(|&i| i != old && cluster.agents()[i].pid().is_some() && leads(cluster, i))
+                .ok_or(None)
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
+    };
+    more(50);
+    let pid = nix::unistd::Pid::from_raw(cluster.agents()[first].pid().expect("running") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("kill -STOP");
+    let second = new_leader(&cluster, first);
+    more(50);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("kill -CONT");
+    more(50);
+    if second != via {
+        cluster.kill(second);
+        new_leader(&cluster, second);
+        more(50);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let seen: Vec<Seen> = clients
+        .into_iter()
+        .map(|c| rt.block_on(c).expect("client task"))
+        .collect();
+
+    let resent = cluster.agents()[via]
+        .log()
+        .matches("sending a write to the leader again")
+        .count();
+    assert!(
+        resent > 0,
+        "no write was sent again: the test proved nothing"
+    );
+    let false_failures: Vec<&String> = seen.iter().flat_map(|s| &s.false_failures).collect();
+    assert!(false_failures.is_empty(), "{false_failures:?}");
+    let listing = rt
+        .block_on(send(http.get(format!(
+            "{url}/v2/keys/queue?recursive=true&sorted=true&quorum=true"
+        ))))
+        .expect("the queue lists");
+    let mut count: std::collections::BTreeMap<String, usize> = Default::default();
+    for node in listing.1["node"]["nodes"]
+        .as_array()
+        .expect("in-order keys")
+    {
+        *count
+            .entry(node["value"].as_str().unwrap_or_default().to_string())
+            .or_default() += 1;
+    }
+    let twice: Vec<_> = count.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "in-order keys created twice: {twice:?}");
+    let lost: Vec<_> = seen
+        .iter()
+        .flat_map(|s| &s.posted)
+        .filter(|v| !count.contains_key(*v))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged posts lost: {lost:?}");
+    let unknown: usize = seen.iter().map(|s| s.unknown).sum();
+    eprintln!(
+        "{} writes acknowledged, {unknown} unknown outcomes, {resent} sent again",
+        done.load(Ordering::Relaxed)
+    );
+}
+
+/// The shape of a JSON document: every string, number and boolean replaced by its type, the
+/// member ids that key etcd's `followers` by `ID`, and the rates etcd leaves out when zero
+/// (`omitempty`, so present or not depending on the last second's traffic) removed.
+fn shape(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::String(_) => "string".into(),
+        Value::Number(_) => "number".into(),
+        Value::Bool(_) => "bool".into(),
+        Value::Array(a) => a.iter().map(shape).collect(),
+        Value::Null => Value::Null,
+        Value::Object(o) => o
+            .iter()
+            .filter(|(k, _)| !k.ends_with("PkgRate") && !k.ends_with("BandwidthRate"))
+            .map(|(k, v)| {
+                let is_id = k.len() == 16 && k.chars().all(|c| c.is_ascii_hexdigit());
+                (if is_id { "ID".to_string() } else { k.clone() }, shape(v))
+            })
+            .collect(),
+    }
+}
+
+/// `/v2/stats/self` and `/v2/stats/leader` have etcd 3.4's shapes, and count real traffic:
+/// append requests sent, each follower's append round trips, the leader and its uptime.
+#[test]
+fn stats_have_etcds_shapes_and_count_real_traffic() {
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let http = reqwest::Client::new();
+    let get = |url: String| {
+        let (status, json) = rt.block_on(send(http.get(&url))).expect("stats answer");
+        assert_eq!(status, 200, "{url}: {json}");
+        json
+    };
+    let etcd = rt
+        .block_on(EtcdCluster::start(&EtcdConfig::default()))
+        .expect("etcd starts");
+    let flotilla = Cluster::start(3).expect("3 agents start");
+    let etcd_urls = etcd.client_urls();
+    let flotilla_urls: Vec<String> = flotilla.agents().iter().map(|a| a.client_url()).collect();
+    for url in etcd_urls.iter().chain(&flotilla_urls) {
+        for i in 0..20 {
+            let put = form(
+                &http,
+                reqwest::Method::PUT,
+                &format!("{url}/v2/keys/s{i}"),
+                "value=v".into(),
+            );
+            let (status, json) = rt.block_on(send(put)).expect("a write");
+            assert!(status == 200 || status == 201, "{json}");
+        }
+    }
+    let e_leader = rt
+        .block_on(etcd.leader())
+        .expect("etcd answers")
+        .expect("an etcd leader");
+    let f_leader = flotilla.wait_leader().expect("a leader");
+    let (e_follower, f_follower) = ((e_leader + 1) % 3, (f_leader + 1) % 3);
+    for (what, e, f) in [
+        (
+            "self, leader",
+            &etcd_urls[e_leader],
+            &flotilla_urls[f_leader],
+        ),
+        (
+            "self, follower",
+            &etcd_urls[e_follower],
+            &flotilla_urls[f_follower],
+        ),
+    ] {
+        let (e, f) = (
+            get(format!("{e}/v2/stats/self")),
+            get(format!("{f}/v2/stats/self")),
+        );
+        assert_eq!(
+            shape(&f),
+            shape(&e),
+            "/v2/stats/self of a {what}: {f} vs etcd's {e}"
+        );
+    }
+    let e = get(format!("{}/v2/stats/leader", etcd_urls[e_leader]));
+    let f = get(format!("{}/v2/stats/leader", flotilla_urls[f_leader]));
+    assert_eq!(shape(&f), shape(&e), "/v2/stats/leader: {f} vs etcd's {e}");
+
+    let me = get(format!("{}/v2/stats/self", flotilla_urls[f_leader]));
+    assert!(me["sendAppendRequestCnt"].as_u64() >= Some(20), "{me}");
+    let follower = get(format!("{}/v2/stats/self", flotilla_urls[f_follower]));
+    assert_eq!(follower["state"], "StateFollower", "{follower}");
+    assert_eq!(follower["leaderInfo"]["leader"], me["id"], "{follower}");
+    assert!(
+        follower["leaderInfo"]["uptime"]
+            .as_str()
+            .is_some_and(|u| u.ends_with('s')),
+        "{follower}"
+    );
+    for (id, stats) in f["followers"].as_object().expect("followers") {
+        assert!(stats["counts"]["success"].as_u64() >= Some(1), "{id}: {f}");
+        let latency = &stats["latency"];
+        let (min, avg, max) = (
+            latency["minimum"].as_f64().unwrap_or(-1.0),
+            latency["average"].as_f64().unwrap_or(-1.0),
+            latency["maximum"].as_f64().unwrap_or(-1.0),
+        );
+        assert!(0.0 < min && min <= avg && avg <= max, "{id}: {f}");
+    }
+}
+
+/// `etcdctl member add NAME PEER_URL` sends the peer URL alone: the member is listed
+/// unstarted, as etcd lists it, and the agent that joins at that peer URL takes its place.
+#[test]
+fn a_member_added_by_peer_url_alone_is_taken_over_when_it_joins() {
+    let mut cluster = Cluster::start(3).expect("3 agents start");
+    let [_, a, b, _] = cluster.agents()[0].ip().octets();
+    // The harness gives the fourth agent the next address.
+    let peer_url = format!("http://127.{a}.{b}.103:2380");
+    let endpoints = cluster.endpoints();
+    let added = etcdctl(&endpoints, &["member", "add", "n4", &peer_url]);
+    assert!(added.status.success(), "{}", transcript(&added));
+    let out = stdout(&added);
+    let mut lines = out.lines();
+    let first = lines.next().unwrap_or_default();
+    assert!(
+        first.starts_with("Added member named n4 with ID ") && first.ends_with(" to cluster"),
+        "{out}"
+    );
+    assert_eq!(lines.next(), Some(""), "{out}");
+    assert_eq!(lines.next(), Some("ETCD_NAME=\"n4\""), "{out}");
+    let initial = lines.next().unwrap_or_default();
+    assert!(
+        initial.starts_with("ETCD_INITIAL_CLUSTER=\"")
+            && initial.contains(&format!("n4={peer_url}")),
+        "{out}"
+    );
+    assert_eq!(
+        lines.next(),
+        Some("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
+        "{out}"
+    );
+    let list = etcdctl(&endpoints, &["member", "list"]);
+    assert!(
+        stdout(&list).contains(&format!("[unstarted]: peerURLs={peer_url}")),
+        "{}",
+        transcript(&list)
+    );
+
+    let joined = cluster.join_new().expect("the fourth agent joins");
+    assert_eq!(
+        cluster.agents()[joined].peer_addr(),
+        peer_url.trim_start_matches("http://")
+    );
+    wait_for(Duration::from_secs(30), "n4 listed under its name", || {
+        let list = etcdctl(&cluster.endpoints(), &["member", "list"]);
+        let text = stdout(&list);
+        if text.lines().count() == 4 && text.contains("name=n4 ") && !text.contains("unstarted") {
+            Ok(())
+        } else {
+            Err(Some(transcript(&list)))
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let url = cluster.agents()[joined].client_url();
+    let set = etcdctl(&url, &["set", "/joined", "yes"]);
+    assert_eq!(transcript(&set), "stdout: yes\nstderr: exit: 0");
 }
