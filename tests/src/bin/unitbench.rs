@@ -269,20 +269,18 @@ fn cluster_run(tb: &Testbed, rt: &tokio::runtime::Runtime, args: &Args) -> Resul
         {
             let took = start.elapsed();
             // Then how long until the cluster knows it too.
-            loop {
-                let (_, reported) = rt.block_on(cluster_view(&client, &list))?;
-                if reported >= args.units {
-                    break;
-                }
-                if start.elapsed() > deadline {
-                    bail!(
-                        "the cluster holds active reports of only {reported} of {} units after {}s",
-                        args.units,
-                        args.timeout
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            wait_for(
+                deadline.saturating_sub(took),
+                "the cluster to hold an active report of every unit",
+                || match rt.block_on(cluster_view(&client, &list)) {
+                    Ok((_, reported)) if reported >= args.units => Ok(()),
+                    Ok((_, reported)) => Err(Some(format!(
+                        "active reports of {reported} of {} units",
+                        args.units
+                    ))),
+                    Err(e) => Err(Some(e.to_string())),
+                },
+            )?;
             return Ok(ClusterRun {
                 took,
                 submitted,
