@@ -189,23 +189,21 @@ mod tests {
     }
 
     fn cas(key: &str, prev: &str, value: &str) -> Command {
-        Command::Kv(Write::new(
+        set_if(
             key,
-            WriteOp::Set {
-                value: value.into(),
-                dir: false,
-                ttl: None,
-                refresh: false,
-                prev: Preconditions {
-                    prev_value: Some(prev.into()),
-                    ..Preconditions::default()
-                },
+            value,
+            Preconditions {
+                prev_value: Some(prev.into()),
+                ..Preconditions::default()
             },
-            NOW,
-        ))
+        )
     }
 
     fn set(key: &str, value: &str) -> Command {
+        set_if(key, value, Preconditions::default())
+    }
+
+    fn set_if(key: &str, value: &str, prev: Preconditions) -> Command {
         Command::Kv(Write::new(
             key,
             WriteOp::Set {
@@ -213,7 +211,7 @@ mod tests {
                 dir: false,
                 ttl: None,
                 refresh: false,
-                prev: Preconditions::default(),
+                prev,
             },
             NOW,
         ))

@@ -16,16 +16,9 @@ use std::time::Duration;
 use flotilla_tests::agents::{Cluster, Security};
 use flotilla_tests::testbed::wait_until;
 
-const DEADLINE: Duration = Duration::from_secs(30);
+use crate::trust::text;
 
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+const DEADLINE: Duration = Duration::from_secs(30);
 
 /// `etcdctl` (v2) against `endpoints` with `extra` options.
 fn etcdctl(endpoints: &str, extra: &[&str], args: &[&str]) -> Output {

@@ -16,7 +16,7 @@ fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("the command runs")
 }
 
-fn text(out: &Output) -> String {
+pub(crate) fn text(out: &Output) -> String {
     format!(
         "status {:?}\nstdout: {}\nstderr: {}",
         out.status.code(),
