@@ -779,7 +779,8 @@ fn shape(v: &serde_json::Value) -> serde_json::Value {
             .iter()
             .filter(|(k, _)| !k.ends_with("PkgRate") && !k.ends_with("BandwidthRate"))
             .map(|(k, v)| {
-                let is_id = k.len() == 16 && k.chars().all(|c| c.is_ascii_hexdigit());
+                // etcd prints member ids in hex without leading zeros (`%x`): 1 to 16 digits.
+                let is_id = (1..=16).contains(&k.len()) && k.chars().all(|c| c.is_ascii_hexdigit());
                 (if is_id { "ID".to_string() } else { k.clone() }, shape(v))
             })
             .collect(),
