@@ -490,6 +490,9 @@ impl Cluster {
                 }
                 Err(e @ ProposeError::Stale { .. }) => Err(Error::Raft(e.to_string())),
                 Err(ProposeError::Raft(e)) => Err(Error::Raft(e)),
+                // Stopping (after a handover, say): the proposal goes to the next leader with
+                // the same request id, applied there at most once.
+                Err(e @ ProposeError::Stopped(_)) => Err(Error::NoLeader(e.to_string())),
             },
             LeaderRequest::ReadIndex => match raft.ensure_linearizable().await {
                 Ok(log_id) => Ok(LeaderReply::ReadIndex(log_id.map_or(0, |l| l.index))),
@@ -599,6 +602,193 @@ impl Cluster {
                 Ok(LeaderReply::Done)
             }
         }
+    }
+}
+
+/// A leader's request that this member stand for election at once: the last step of a
+/// leadership handover (Raft's `TimeoutNow`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct TimeoutNow {
+    /// The leader that asks.
+    pub(crate) leader: NodeId,
+    /// Its term: a request from an earlier term is refused.
+    pub(crate) term: u64,
+}
+
+/// What [`Cluster::hand_over`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Handover {
+    /// This member did not lead: nothing to hand over.
+    NotLeader,
+    /// Leadership moved to this member.
+    Handed {
+        /// The new leader.
+        to: NodeId,
+        /// From the start of the handover (the proposer held) to a new leader known here.
+        took: Duration,
+    },
+    /// Not handed over: the others elect a leader after an election timeout, as when a leader
+    /// fails.
+    Skipped(String),
+}
+
+impl Cluster {
+    /// Hands this member's leadership to another voter before it stops, so that the cluster
+    /// has a leader again within a round trip instead of an election timeout (etcd does the
+    /// same on SIGTERM).
+    ///
+    /// openraft 0.9 has no leadership transfer of its own, so this is Raft's (Ongaro's thesis,
+    /// 3.10) built from what it offers: the proposer submits nothing new, the voter with the
+    /// most of the log (once it has all of it, durably) is asked to stand for election at once
+    /// ([`TimeoutNow`], `trigger().elect()` there), and this member grants it its vote and
+    /// steps down. The other voters refuse any vote while they hear from a leader (openraft's
+    /// leader lease, `election_timeout_max`), so the candidate wins only when it and this
+    /// member are a quorum: with at most 3 voters. With 4 or 5 the handover is skipped. The
+    /// leader itself grants a vote only once `lease` has passed since it was elected
+    /// (`leading_since`), so a young leader waits for that first.
+    pub(crate) async fn hand_over(
+        &self,
+        leading_since: Instant,
+        lease: Duration,
+        deadline: Duration,
+    ) -> Handover {
+        let started = Instant::now();
+        let deadline = started + deadline;
+        let me = self.inner.id;
+        let mut metrics = self.inner.raft.metrics();
+        let (term, voters) = {
+            let m = metrics.borrow_and_update();
+            if m.running_state.is_err() || m.current_leader != Some(me) {
+                return Handover::NotLeader;
+            }
+            let voters: BTreeSet<NodeId> = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .filter(|v| *v != me)
+                .collect();
+            (m.current_term, voters)
+        };
+        let members = voters.len() + 1;
+        let quorum = members / 2 + 1;
+        if voters.is_empty() {
+            return Handover::Skipped("this member is the only voter".into());
+        }
+        if quorum > 2 {
+            return Handover::Skipped(format!(
+                "with {} voters a candidate needs {quorum} votes, and the others refuse theirs \
+                 while the leader's lease lasts",
+                members
+            ));
+        }
+        let granting = leading_since + lease + Duration::from_millis(50);
+        if granting > deadline {
+            return Handover::Skipped(format!(
+                "elected {:?} ago: it could not grant a vote before the deadline",
+                leading_since.elapsed()
+            ));
+        }
+        tokio::time::sleep_until(granting).await;
+        let _hold = self.inner.proposer.hold();
+        let held = Instant::now();
+        // The voter with all of this member's log, durably (a follower acknowledges only
+        // durable entries).
+        let target = loop {
+            {
+                let m = metrics.borrow_and_update();
+                if m.current_leader != Some(me) {
+                    return Handover::Skipped("leadership moved meanwhile".into());
+                }
+                let last = m.last_log_index;
+                let best = m
+                    .replication
+                    .iter()
+                    .flatten()
+                    .filter(|(id, _)| voters.contains(id))
+                    .max_by_key(|(_, matched)| matched.map(|l| l.index));
+                if let Some((id, matched)) = best
+                    && matched.map(|l| l.index) >= last
+                {
+                    break *id;
+                }
+            }
+            if tokio::time::timeout_at(deadline, metrics.changed())
+                .await
+                .is_err()
+            {
+                return Handover::Skipped("no voter caught up with the log in time".into());
+            }
+        };
+        let Some(addr) = self.leader_addr(target) else {
+            return Handover::Skipped(format!("member {} has no peer address", id_hex(target)));
+        };
+        let ask = TimeoutNow { leader: me, term };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match self
+            .inner
+            .peers
+            .call::<_, Result<(), Error>>(&addr, path::TIMEOUT_NOW, &ask, remaining)
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Handover::Skipped(format!("{} refused: {e}", id_hex(target))),
+            Err(e) => return Handover::Skipped(e.to_string()),
+        }
+        loop {
+            if let Some(l) = metrics.borrow_and_update().current_leader
+                && l != me
+            {
+                return Handover::Handed {
+                    to: l,
+                    took: held.elapsed(),
+                };
+            }
+            if tokio::time::timeout_at(deadline, metrics.changed())
+                .await
+                .is_err()
+            {
+                return Handover::Skipped(format!(
+                    "{} did not win its election in time",
+                    id_hex(target)
+                ));
+            }
+        }
+    }
+
+    /// On a voter, [`TimeoutNow`] from its leader: stand for election now.
+    pub(crate) async fn timeout_now(&self, req: TimeoutNow) -> Result<(), Error> {
+        {
+            let m = self.inner.raft.metrics();
+            let m = m.borrow();
+            if m.current_leader != Some(req.leader) || m.current_term != req.term {
+                return Err(Error::Rejected(format!(
+                    "member {} does not lead this member in term {}",
+                    id_hex(req.leader),
+                    req.term
+                )));
+            }
+            if !m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == self.inner.id)
+            {
+                return Err(Error::Rejected(format!(
+                    "member {} is not a voter",
+                    self.inner.me.name
+                )));
+            }
+        }
+        tracing::info!(
+            leader = %id_hex(req.leader),
+            "the leader hands its leadership over: standing for election"
+        );
+        self.inner
+            .raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))
     }
 }
 

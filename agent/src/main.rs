@@ -17,8 +17,9 @@
 //! STATUS= line every second (`notify`), reloads on SIGHUP, and stops gracefully on SIGTERM:
 //! the client API servers (their own `JoinSet`, under a child token) stop accepting and drain
 //! first, while Raft and the peer server still commit and answer; then everything else stops.
-//! openraft 0.9 has no leadership transfer: when the leader stops, the others elect a new one
-//! after an election timeout.
+//! A leader then hands its leadership over to a voter that has its whole log
+//! (`Cluster::hand_over`), so the cluster has a leader again within a round trip; then
+//! everything else stops.
 
 mod api;
 mod auth;
@@ -142,7 +143,9 @@ impl Source {
 const MANUAL: &str = "\
 Signals:
   SIGTERM, SIGINT  A graceful stop: STOPPING=1; the client API stops accepting and its in-flight
-                   requests finish (at most 5 s); then Raft shuts down. Exit status 0.
+                   requests finish (at most 5 s); a leader hands its leadership over to a
+                   voter that has its whole log (with at most 3 voters; at most 3 s); then
+                   Raft shuts down. Exit status 0.
   SIGHUP           Reload (systemctl reload flotillad): the config file is read again and checked.
                    [machine] metadata applies at once (the next heartbeat carries it), the
                    log filter is set again from the environment, and the tls_ca, tls_cert,
@@ -240,7 +243,7 @@ async fn run(s: Settings, source: Source, logging: logging::Logging) -> Result<(
         cluster_name: "flotilla".into(),
         heartbeat_interval: 150,
         election_timeout_min: 750,
-        election_timeout_max: 1500,
+        election_timeout_max: ELECTION_TIMEOUT_MAX.as_millis() as u64,
         max_payload_entries: 1000,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(s.snapshot_entries),
         max_in_snapshot_log_to_keep: s.snapshot_entries / 10,
@@ -421,6 +424,9 @@ async fn run(s: Settings, source: Source, logging: logging::Logging) -> Result<(
     // systemd restarts it (Restart=on-failure), rather than run on and answer from a frozen
     // state.
     let mut raft_metrics = raft.metrics();
+    // Since when this member leads (in which term), for the handover on SIGTERM: taken from
+    // the metrics this loop wakes on anyway; never earlier than the election itself.
+    let mut leading: (Option<u64>, tokio::time::Instant) = (None, tokio::time::Instant::now());
     loop {
         tokio::select! {
             _ = terminate.cancelled() => {
@@ -439,7 +445,14 @@ async fn run(s: Settings, source: Source, logging: logging::Logging) -> Result<(
             changed = raft_metrics.changed() => {
                 let fatal = match changed {
                     Err(_) => Some("raft stopped".to_string()),
-                    Ok(()) => raft_metrics.borrow_and_update().running_state.as_ref().err().map(|e| e.to_string()),
+                    Ok(()) => {
+                        let m = raft_metrics.borrow_and_update();
+                        let term = (m.current_leader == Some(id)).then_some(m.current_term);
+                        if term != leading.0 {
+                            leading = (term, tokio::time::Instant::now());
+                        }
+                        m.running_state.as_ref().err().map(|e| e.to_string())
+                    }
                 };
                 if let Some(fatal) = fatal {
                     tracing::error!("the raft core stopped: {fatal}; shutting down");
@@ -476,6 +489,28 @@ async fn run(s: Settings, source: Source, logging: logging::Logging) -> Result<(
         );
         api_tasks.abort_all();
     }
+    // Hand leadership over (a leader that just stops leaves the cluster without one for an
+    // election timeout); the peer server and Raft still run for it.
+    if failed.is_none() && cluster.is_leader() {
+        notify::status("stopping: handing leadership over");
+        match cluster
+            .hand_over(leading.1, ELECTION_TIMEOUT_MAX, HANDOVER_DEADLINE)
+            .await
+        {
+            cluster::Handover::Handed { to, took } => {
+                let name = cluster
+                    .members()
+                    .into_iter()
+                    .find(|m| m.id == to)
+                    .map_or_else(|| raft::id_hex(to), |m| m.member.name);
+                tracing::info!("handed leadership over to {name} in {took:?}");
+            }
+            cluster::Handover::Skipped(why) => {
+                tracing::info!("leadership not handed over: {why}; the others elect a leader");
+            }
+            cluster::Handover::NotLeader => {}
+        }
+    }
     notify::status("stopping: shutting Raft down");
     cancel.cancel();
     if let Err(e) = raft.shutdown().await {
@@ -493,6 +528,12 @@ async fn run(s: Settings, source: Source, logging: logging::Logging) -> Result<(
 
 /// How often the STATUS= line is refreshed (only sent when it changed).
 const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// openraft's longest election timeout, which is also its leader lease: a voter that heard
+/// from its leader within it refuses to vote for anyone else.
+const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(1500);
+/// How long a stopping leader tries to hand its leadership over (including waiting out its own
+/// lease when it was elected just before).
+const HANDOVER_DEADLINE: Duration = Duration::from_secs(3);
 /// How long shutdown waits for in-flight client requests.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 /// How long a member of a cluster waits for a leader before it reports ready anyway, with a

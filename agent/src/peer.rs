@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{Cluster, LeaderRequest};
+use crate::cluster::{Cluster, LeaderRequest, TimeoutNow};
 use crate::listener::Limits;
 use crate::liveness::{Heartbeat, Liveness};
 use crate::raft::TypeConfig;
@@ -63,6 +63,7 @@ pub(crate) async fn serve(
         .route(path::SNAPSHOT, post(snapshot))
         .route(path::LEADER, post(leader))
         .route(path::HEARTBEAT, post(heartbeat))
+        .route(path::TIMEOUT_NOW, post(timeout_now))
         .route(path::UNIT_OUTPUT, post(unit_output))
         .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
         .with_state(Peer { cluster, liveness });
@@ -143,6 +144,13 @@ async fn snapshot(State(p): State<Peer>, body: Bytes) -> Response {
 async fn leader(State(p): State<Peer>, body: Bytes) -> Response {
     match decode::<LeaderRequest>(&body) {
         Ok(req) => encode(&p.cluster.on_leader(req).await),
+        Err(r) => *r,
+    }
+}
+
+async fn timeout_now(State(p): State<Peer>, body: Bytes) -> Response {
+    match decode::<TimeoutNow>(&body) {
+        Ok(req) => encode(&p.cluster.timeout_now(req).await),
         Err(r) => *r,
     }
 }

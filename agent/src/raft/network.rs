@@ -46,6 +46,8 @@ pub(crate) mod path {
     pub(crate) const SNAPSHOT: &str = "/raft/snapshot";
     /// A [`LeaderRequest`](crate::cluster::LeaderRequest) for the leader.
     pub(crate) const LEADER: &str = "/cluster/leader";
+    /// A leader's [`TimeoutNow`](crate::cluster::TimeoutNow): stand for election now.
+    pub(crate) const TIMEOUT_NOW: &str = "/cluster/timeout-now";
     /// A liveness heartbeat.
     pub(crate) const HEARTBEAT: &str = "/cluster/heartbeat";
     /// A unit's status or journal from the machine that runs it

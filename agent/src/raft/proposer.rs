@@ -1,6 +1,9 @@
 //! Batches proposals: commands that arrive while earlier batches are being committed ride
 //! together in the next log entry, so one fsync and one replication round trip serve many
 //! clients and throughput grows with their number.
+//!
+//! A leader handing its leadership over ([`Proposer::hold`]) submits nothing new until the
+//! handover is over: the candidate must have the leader's whole log to win its vote.
 
 use std::sync::Arc;
 
@@ -8,7 +11,7 @@ use flotilla_state::Response;
 use flotilla_state::sessions::{Outcome, Proposal};
 use openraft::error::{ClientWriteError, RaftError};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{Member, NodeId, Raft};
@@ -27,9 +30,13 @@ pub(crate) enum ProposeError {
         /// The leader as this member knows it.
         leader: Option<(NodeId, Member)>,
     },
-    /// Raft failed or is shutting down.
+    /// Raft refused the write.
     #[error("raft failed: {0}")]
     Raft(String),
+    /// This member's proposer or Raft stopped (a shutdown, or a fatal storage error) before
+    /// the proposal was answered: it may or may not commit through another leader.
+    #[error("this member stopped: {0}")]
+    Stopped(String),
     /// The state machine refused the proposal: its proposer had stopped waiting for it (see
     /// `flotilla_state::sessions`).
     #[error(
@@ -51,6 +58,19 @@ type Pending = (
 #[derive(Clone)]
 pub(crate) struct Proposer {
     tx: mpsc::Sender<Pending>,
+    /// Holds in force; while above zero no batch goes to Raft (they wait in the queue).
+    held: Arc<watch::Sender<usize>>,
+}
+
+/// While alive, the proposer submits nothing to Raft (see [`Proposer::hold`]).
+pub(crate) struct Hold {
+    held: Arc<watch::Sender<usize>>,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.held.send_modify(|n| *n -= 1);
+    }
 }
 
 impl Proposer {
@@ -61,8 +81,22 @@ impl Proposer {
         tasks: &mut tokio::task::JoinSet<()>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(8 * MAX_BATCH);
-        tasks.spawn(run(raft, rx, cancel));
-        Proposer { tx }
+        let (held, held_rx) = watch::channel(0);
+        tasks.spawn(run(raft, rx, held_rx, cancel));
+        Proposer {
+            tx,
+            held: Arc::new(held),
+        }
+    }
+
+    /// Stops submitting proposals to Raft until the returned [`Hold`] is dropped: they queue
+    /// (and are answered once released, by this member's Raft or with `NotLeader`). Batches
+    /// already submitted go on.
+    pub(crate) fn hold(&self) -> Hold {
+        self.held.send_modify(|n| *n += 1);
+        Hold {
+            held: self.held.clone(),
+        }
     }
 
     /// Proposes `p` through this member's Raft (which must be the leader); returns its
@@ -73,13 +107,18 @@ impl Proposer {
         self.tx
             .send((p, tx))
             .await
-            .map_err(|_| ProposeError::Raft("the proposer stopped".into()))?;
+            .map_err(|_| ProposeError::Stopped("the proposer stopped".into()))?;
         rx.await
-            .map_err(|_| ProposeError::Raft("the proposer stopped".into()))?
+            .map_err(|_| ProposeError::Stopped("the proposer stopped".into()))?
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, cancel: CancellationToken) {
+async fn run(
+    raft: Raft,
+    mut rx: mpsc::Receiver<Pending>,
+    mut held: watch::Receiver<usize>,
+    cancel: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     loop {
         let permit = tokio::select! {
@@ -90,6 +129,10 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, cancel: CancellationTo
             _ = cancel.cancelled() => return,
             p = rx.recv() => match p { Some(p) => p, None => return },
         };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = held.wait_for(|n| *n == 0) => if r.is_err() { return },
+        }
         let mut cmds = Vec::with_capacity(16);
         let mut waiters = Vec::with_capacity(16);
         cmds.push(first.0);
@@ -109,13 +152,13 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, cancel: CancellationTo
                     let result = match reply.await {
                         Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
                         Ok(Err(e)) => Err(write_error(RaftError::APIError(e))),
-                        Err(_) => Err(ProposeError::Raft("raft dropped the proposal".into())),
+                        Err(_) => Err(ProposeError::Stopped("raft dropped the proposal".into())),
                     };
                     drop(permit);
                     answer(waiters, result);
                 });
             }
-            Err(e) => answer(waiters, Err(ProposeError::Raft(e.to_string()))),
+            Err(e) => answer(waiters, Err(ProposeError::Stopped(e.to_string()))),
         }
     }
 }
@@ -147,6 +190,7 @@ pub(crate) fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ProposeError::NotLeader {
             leader: f.leader_id.zip(f.leader_node),
         },
+        RaftError::Fatal(f) => ProposeError::Stopped(f.to_string()),
         other => ProposeError::Raft(other.to_string()),
     }
 }

@@ -1,6 +1,8 @@
 //! Faults lose nothing: concurrent clients write, compare-and-swap and read (quorum) a few keys
-//! through every member while agents are killed, machines powered off and partitioned; the
-//! recorded history is then checked for linearizability (`flotilla_tests::linearizability`).
+//! through every member while agents are killed or stopped, machines powered off and
+//! partitioned, links slowed; the recorded history is then checked for linearizability
+//! (`flotilla_tests::linearizability`). On the testbed, units launched before the faults run
+//! on exactly one machine (by every machine's systemd) after each fault is undone.
 //!
 //! Reads without `quorum=true` may be stale by etcd's contract, so they are not part of the
 //! linearizable history: they are checked only for values from nowhere (every value read was
@@ -30,6 +32,9 @@ use flotilla_tests::linearizability;
 use flotilla_tests::testbed::network::NetworkError;
 use flotilla_tests::testbed::{MachineError, Node, Options, Testbed, wait_for, wait_until};
 use nix::sched::{CloneFlags, setns};
+
+use crate::unitfaults::{UNIT_TEXT, UNITS, wait_exactly_once};
+use crate::units::{flotctl, text, wait_machines_up, write as write_file};
 
 /// How long one client operation may take before it is given up as indeterminate.
 const OP_DEADLINE: Duration = Duration::from_secs(2);
@@ -539,6 +544,24 @@ fn faults_on_testbed_machines_lose_no_acknowledged_write() {
         .nodes()
         .map(|n| Path::new("/run/netns").join(n.netns()))
         .collect();
+    // Units through the same faults: launched before, and after every fault is undone each
+    // runs on exactly one machine (by every machine's systemd and every machine's view).
+    let nodes: Vec<Node<'_>> = tb.nodes().collect();
+    for n in &nodes {
+        n.wait_active("flotillad.service", RECOVERY_DEADLINE)
+            .unwrap();
+    }
+    wait_machines_up(&nodes[0], nodes.len());
+    let mut argv = vec!["start".to_owned(), "--block-timeout".into(), "60".into()];
+    for unit in UNITS {
+        let path = format!("/tmp/{unit}");
+        write_file(&nodes[0], &path, UNIT_TEXT);
+        argv.push(path);
+    }
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = flotctl(&nodes[0], &argv);
+    assert!(out.status.success(), "start: {}", text(&out));
+    wait_exactly_once(&tb, &UNITS, &nodes, &nodes, None, "every unit started once");
     let workload = Workload::new(endpoints.clone(), netns, "faults-testbed");
     let mut faults: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut count = |kind: &'static str| *faults.entry(kind).or_default() += 1;
@@ -548,6 +571,7 @@ fn faults_on_testbed_machines_lose_no_acknowledged_write() {
         // Which member each fault hits: the leader when `true`, else a follower.
         let schedule: &[(&str, bool)] = &[
             ("kill -9 agent", true),
+            ("stop agent", true),
             ("partition", true),
             ("power off", false),
             ("slow link", false),
@@ -577,6 +601,16 @@ fn faults_on_testbed_machines_lose_no_acknowledged_write() {
                 "kill -9 agent" => {
                     kill_agent(&node);
                     w.wait_answers(ANSWERS_DURING_FAULT, "a killed agent");
+                    node.start_agent().unwrap();
+                }
+                "stop agent" => {
+                    // systemctl stop: SIGTERM, a leader hands its leadership over first.
+                    node.stop_agent().unwrap();
+                    let handed = node
+                        .journal(Some("flotillad.service"), 200)
+                        .contains("handed leadership over to");
+                    eprintln!("faults: the stopped leader handed its leadership over: {handed}");
+                    w.wait_answers(ANSWERS_DURING_FAULT, "a stopped agent");
                     node.start_agent().unwrap();
                 }
                 "power off" => {
@@ -617,6 +651,7 @@ fn faults_on_testbed_machines_lose_no_acknowledged_write() {
             count(match (kind, at_leader) {
                 ("kill -9 agent", true) => "kill -9 agent of the leader",
                 ("kill -9 agent", false) => "kill -9 agent of a follower",
+                ("stop agent", _) => "systemctl stop of the leader's agent",
                 ("power off", true) => "power off the leader",
                 ("power off", false) => "power off a follower",
                 ("partition", true) => "partition the leader",
@@ -627,6 +662,14 @@ fn faults_on_testbed_machines_lose_no_acknowledged_write() {
             });
             wait_healthy(&endpoints);
             w.wait_answers(ANSWERS_AFTER_FAULT, "recovery");
+            wait_exactly_once(
+                &tb,
+                &UNITS,
+                &nodes,
+                &nodes,
+                None,
+                &format!("every unit on exactly one machine after: {kind}"),
+            );
         }
     });
     eprintln!(

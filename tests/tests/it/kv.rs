@@ -928,3 +928,51 @@ fn a_member_added_by_peer_url_alone_is_taken_over_when_it_joins() {
     let set = etcdctl(&url, &["set", "/joined", "yes"]);
     assert_eq!(transcript(&set), "stdout: yes\nstderr: exit: 0");
 }
+
+/// A leader stopped with SIGTERM (as `systemctl stop` does) hands its leadership over before
+/// it exits: the member it asked stands for election and wins with the old leader's vote,
+/// writes through the others go on, the old leader exits 0, and nothing acknowledged is lost.
+#[test]
+fn a_stopped_leader_hands_its_leadership_over() {
+    let mut cluster = Cluster::start(3).expect("3 agents start");
+    let leader = cluster.wait_leader().expect("a leader");
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let via = cluster.agents()[others[0]].client_url();
+    let out = etcdctl(&via, &["set", "/handover/before", "v1"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+
+    let status = cluster
+        .terminate(leader, Duration::from_secs(30))
+        .expect("the leader exits on SIGTERM");
+    assert!(status.success(), "the leader exited with {status}");
+    let log = cluster.agents()[leader].log();
+    let handed = log
+        .lines()
+        .find(|l| l.contains("handed leadership over to"))
+        .unwrap_or_else(|| panic!("the leader did not hand over:\n{log}"));
+    eprintln!("{handed}");
+    let asked: Vec<usize> = others
+        .iter()
+        .copied()
+        .filter(|&i| {
+            cluster.agents()[i]
+                .log()
+                .contains("the leader hands its leadership over: standing for election")
+        })
+        .collect();
+    assert_eq!(asked.len(), 1, "exactly one member is asked to stand");
+    let new = wait_for(Duration::from_secs(30), "a new leader", || {
+        others
+            .iter()
+            .copied()
+            .find(|&i| leads(&cluster, i))
+            .ok_or(None)
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(new, asked[0], "the member asked to stand leads");
+
+    let out = etcdctl(&via, &["set", "/handover/after", "v2"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    let out = etcdctl(&via, &["get", "--quorum", "/handover/before"]);
+    assert_eq!(stdout(&out).trim(), "v1", "{}", transcript(&out));
+}

@@ -26,13 +26,13 @@ use crate::units::{flotctl, text, wait_machines_up, write};
 /// How long a fault's consequences may take (a lost machine is declared after 5 s).
 const DEADLINE: Duration = Duration::from_secs(90);
 /// The units launched: more than machines, so that some machine runs two.
-const UNITS: [&str; 4] = [
+pub(crate) const UNITS: [&str; 4] = [
     "fault-a.service",
     "fault-b.service",
     "fault-c.service",
     "fault-d.service",
 ];
-const UNIT_TEXT: &str =
+pub(crate) const UNIT_TEXT: &str =
     "[Unit]\nDescription=a unit through faults\n\n[Service]\nExecStart=/usr/bin/sleep infinity\n";
 
 /// What `node` says of every unit: name -> (assigned machines, machines reporting it active).
@@ -97,7 +97,7 @@ fn systemd_runs(machines: &[Node<'_>], unit: &str) -> Vec<String> {
 /// in it run none) and every machine of `asked` assigns it there and reports it active there;
 /// returns unit -> machine. `stale`: a machine that is off, whose last report (active) the
 /// views may still show beside the real one.
-fn wait_exactly_once(
+pub(crate) fn wait_exactly_once(
     tb: &Testbed,
     units: &[&str],
     running: &[Node<'_>],
