@@ -1211,7 +1211,8 @@ fn unit_error(e: units::Error) -> Error {
         ) => Error::InvalidUnit(message),
         units::Error::Unit(R::Exists { .. }) => Error::UnitExists(message),
         units::Error::Unit(R::NotLoaded(_) | R::NotLaunched(_) | R::NotPlaced(_))
-        | units::Error::NotScheduled(_) => Error::UnitNotRunning(message),
+        | units::Error::NotScheduled(_)
+        | units::Error::Unschedulable { .. } => Error::UnitNotRunning(message),
         units::Error::Unit(R::NotAssigned { .. } | R::UnknownMachine(_))
         | units::Error::NotAssigned { .. } => Error::MachineNotFound(message),
         units::Error::Unit(_) => Error::InvalidArgument(message),

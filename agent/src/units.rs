@@ -49,6 +49,9 @@ pub(crate) enum Error {
     /// The unit is assigned to no machine.
     #[error("unit '{0}' runs on no machine: start or load it first")]
     NotScheduled(String),
+    /// The unit should run, but no machine can take it (the scheduler's reason).
+    #[error("unit '{name}' cannot be placed: {reason}")]
+    Unschedulable { name: String, reason: String },
     /// The machine that runs the unit is not a member of the cluster (no peer address).
     #[error("machine '{0}' is not a member of the cluster: no address to ask it at")]
     NoPeer(String),
@@ -400,10 +403,18 @@ fn pick_machine(u: &Units, name: &str, asked: Option<&str>, me: &str) -> Result<
             machine: m.to_owned(),
         }),
         None if assigned.iter().any(|a| *a == me) => Ok(me.to_owned()),
-        None => assigned
-            .first()
-            .map(|m| (*m).clone())
-            .ok_or_else(|| Error::NotScheduled(name.to_owned())),
+        None => {
+            assigned
+                .first()
+                .map(|m| (*m).clone())
+                .ok_or_else(|| match u.unschedulable.get(name) {
+                    Some(reason) => Error::Unschedulable {
+                        name: name.to_owned(),
+                        reason: reason.clone(),
+                    },
+                    None => Error::NotScheduled(name.to_owned()),
+                })
+        }
     }
 }
 
@@ -458,7 +469,7 @@ pub(crate) async fn output_for_peer(
     done.map_err(|e| Refusal {
         status: match &e {
             Error::Unit(units::Error::NotFound(_)) => 404,
-            Error::NotAssigned { .. } | Error::NotScheduled(_) => 409,
+            Error::NotAssigned { .. } | Error::NotScheduled(_) | Error::Unschedulable { .. } => 409,
             _ => 500,
         },
         message: e.to_string(),
@@ -590,6 +601,15 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "unit 'hello.service' runs on no machine: start or load it first"
+        );
+        idle.unschedulable.insert(
+            "hello.service".into(),
+            "no machine matches MachineMetadata=region=west".into(),
+        );
+        let e = pick_machine(&idle, "hello.service", None, "n1").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unit 'hello.service' cannot be placed: no machine matches MachineMetadata=region=west"
         );
     }
 

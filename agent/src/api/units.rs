@@ -46,7 +46,8 @@ fn unit_error(e: &Error) -> Response {
     let status = match e {
         Error::Unit(registry::Error::NotFound(_) | registry::Error::NoTemplate { .. })
         | Error::NotAssigned { .. }
-        | Error::NotScheduled(_) => StatusCode::NOT_FOUND,
+        | Error::NotScheduled(_)
+        | Error::Unschedulable { .. } => StatusCode::NOT_FOUND,
         Error::Unit(
             registry::Error::Exists { .. }
             | registry::Error::NotLoaded(_)

@@ -453,6 +453,14 @@ fn wait_unschedulable(tb: &Testbed, name: &str, why: &str) -> String {
     )
     .unwrap();
     assert_eq!(systemd_runs(tb, name), Vec::<String>::new());
+    // `flotctl status` of a unit no machine can take says why, not only that it runs nowhere.
+    let status = flotctl(&asked, &["status", name]);
+    assert!(!status.status.success(), "status: {}", text(&status));
+    assert!(
+        text(&status).contains(&format!("unit '{name}' cannot be placed: {reason}")),
+        "status: {}",
+        text(&status)
+    );
     reason
 }
 
