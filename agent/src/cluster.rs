@@ -620,7 +620,7 @@ pub(crate) struct TimeoutNow {
 pub(crate) enum Handover {
     /// This member did not lead: nothing to hand over.
     NotLeader,
-    /// Leadership moved to this member.
+    /// Leadership moved to another member.
     Handed {
         /// The new leader.
         to: NodeId,
