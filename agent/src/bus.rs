@@ -147,7 +147,10 @@ async fn signals(
     cancel: CancellationToken,
 ) {
     let emitter = iface.signal_emitter().clone();
-    let mut metrics = cluster.raft().metrics();
+    // Leadership from Raft's server metrics (they change with the vote, the leader and the
+    // membership, not with every write); member names from the applied membership.
+    let mut metrics = cluster.raft().server_metrics();
+    let mut applied_members = cluster.hub().watch_members();
     let mut leader = cluster.leader();
     let mut members = member_names(&cluster);
     let mut unit_changes = cluster.hub().watch_units();
@@ -176,7 +179,7 @@ async fn signals(
                 }
                 let (now, term) = {
                     let m = metrics.borrow_and_update();
-                    (m.current_leader, m.current_term)
+                    (m.current_leader, m.vote.leader_id().term)
                 };
                 if now != leader {
                     leader = now;
@@ -189,6 +192,11 @@ async fn signals(
                     if let Err(e) = object.leader_changed(&emitter).await {
                         tracing::debug!("cannot emit PropertiesChanged for Leader: {e}");
                     }
+                }
+            },
+            changed = applied_members.changed() => {
+                if changed.is_err() {
+                    return;
                 }
                 let names = member_names(&cluster);
                 if names != members {

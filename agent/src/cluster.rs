@@ -880,10 +880,10 @@ pub(crate) async fn stop_when_removed(
     cluster: Cluster,
     cancel: tokio_util::sync::CancellationToken,
 ) {
-    let mut metrics = cluster.raft().metrics();
+    let mut members = cluster.hub().watch_members();
     let mut was_member = false;
     loop {
-        metrics.borrow_and_update();
+        members.borrow_and_update();
         // The applied (committed) membership, not the effective one that may still change.
         let is_member = cluster.members().iter().any(|m| m.id == cluster.id());
         if was_member && !is_member {
@@ -894,7 +894,7 @@ pub(crate) async fn stop_when_removed(
         was_member |= is_member;
         tokio::select! {
             _ = cancel.cancelled() => return,
-            changed = metrics.changed() => if changed.is_err() { return },
+            changed = members.changed() => if changed.is_err() { return },
         }
     }
 }

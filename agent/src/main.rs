@@ -423,9 +423,11 @@ async fn run(s: Settings, source: Source, logging: logging::Logging) -> Result<(
     // fsync) leaves this member unable to serve: end the agent with a non-zero status so that
     // systemd restarts it (Restart=on-failure), rather than run on and answer from a frozen
     // state.
-    let mut raft_metrics = raft.metrics();
-    // Since when this member leads (in which term), for the handover on SIGTERM: taken from
-    // the metrics this loop wakes on anyway; never earlier than the election itself.
+    // Raft's server metrics change with the vote, the leader and the membership, not with every
+    // write; the core drops them when it stops (the fatal error is then in its full metrics).
+    let mut raft_metrics = raft.server_metrics();
+    // Since when this member leads (in which term), for the handover on SIGTERM: never earlier
+    // than the election itself.
     let mut leading: (Option<u64>, tokio::time::Instant) = (None, tokio::time::Instant::now());
     loop {
         tokio::select! {
@@ -444,14 +446,22 @@ async fn run(s: Settings, source: Source, logging: logging::Logging) -> Result<(
             }
             changed = raft_metrics.changed() => {
                 let fatal = match changed {
-                    Err(_) => Some("raft stopped".to_string()),
+                    Err(_) => Some(
+                        raft.metrics()
+                            .borrow()
+                            .running_state
+                            .as_ref()
+                            .err()
+                            .map_or_else(|| "raft stopped".to_string(), |e| e.to_string()),
+                    ),
                     Ok(()) => {
                         let m = raft_metrics.borrow_and_update();
-                        let term = (m.current_leader == Some(id)).then_some(m.current_term);
+                        let term =
+                            (m.current_leader == Some(id)).then_some(m.vote.leader_id().term);
                         if term != leading.0 {
                             leading = (term, tokio::time::Instant::now());
                         }
-                        m.running_state.as_ref().err().map(|e| e.to_string())
+                        None
                     }
                 };
                 if let Some(fatal) = fatal {

@@ -19,6 +19,9 @@ pub(crate) struct Hub {
     /// Bumped after every applied batch that changed units or machines (or a snapshot was
     /// installed): the scheduler and the reconciler wake on it and read the state.
     units: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Bumped after every applied membership (or installed snapshot): what reads the applied
+    /// membership wakes on it, not on Raft's metrics, which change several times per write.
+    members: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Default for Hub {
@@ -26,6 +29,7 @@ impl Default for Hub {
         Hub {
             tx: broadcast::channel(CAPACITY).0,
             units: Arc::new(tokio::sync::watch::channel(0).0),
+            members: Arc::new(tokio::sync::watch::channel(0).0),
         }
     }
 }
@@ -44,6 +48,16 @@ impl Hub {
     /// Wakes whenever units or machines changed after the last look.
     pub(crate) fn watch_units(&self) -> tokio::sync::watch::Receiver<u64> {
         self.units.subscribe()
+    }
+
+    /// Says that the applied membership changed.
+    pub(crate) fn members_changed(&self) {
+        self.members.send_modify(|g| *g += 1);
+    }
+
+    /// Wakes whenever the applied membership changed after the last look.
+    pub(crate) fn watch_members(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.members.subscribe()
     }
 
     /// A new subscription to the events applied from now on.

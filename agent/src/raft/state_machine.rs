@@ -237,6 +237,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut replies = Vec::new();
         let mut events = Vec::new();
         let mut units_changed = false;
+        let mut members_changed = false;
         {
             let mut a = self.shared.write().unwrap_or_else(|p| p.into_inner());
             for entry in entries {
@@ -245,6 +246,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Blank => replies.push(Vec::new()),
                     EntryPayload::Membership(m) => {
                         a.membership = StoredMembership::new(Some(entry.log_id), m);
+                        members_changed = true;
                         replies.push(Vec::new());
                     }
                     EntryPayload::Normal(proposals) => {
@@ -270,6 +272,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         if units_changed {
             self.hub.units_changed();
+        }
+        if members_changed {
+            self.hub.members_changed();
         }
         Ok(replies)
     }
@@ -310,6 +315,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             a.membership = meta.last_membership.clone();
         }
         self.hub.units_changed();
+        self.hub.members_changed();
         Ok(())
     }
 
