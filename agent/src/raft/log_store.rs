@@ -32,7 +32,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::ops::RangeBounds;
+use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
@@ -433,6 +433,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 .range(range.clone())
                 .map(|(i, u)| (*i, u.bytes.clone()))
                 .collect();
+            // Replication asks for what was just appended: when the unflushed entries hold
+            // the whole range, the database is not read at all.
+            if covers(&range, pending.len()) && pending.keys().next() == start_of(&range).as_ref() {
+                return pending.values().map(|b| decode(b)).collect();
+            }
             let txn = self.inner.db.begin_read().map_err(|e| AnyError::new(&e))?;
             let table = txn.open_table(LOGS).map_err(|e| AnyError::new(&e))?;
             let mut out = BTreeMap::new();
@@ -449,6 +454,28 @@ impl RaftLogReader<TypeConfig> for LogStore {
         };
         read().map_err(|e| StorageIOError::read_logs(e).into())
     }
+}
+
+/// The first index of `range`, if it has a lower bound.
+fn start_of<RB: RangeBounds<u64>>(range: &RB) -> Option<u64> {
+    match range.start_bound() {
+        Bound::Included(s) => Some(*s),
+        Bound::Excluded(s) => s.checked_add(1),
+        Bound::Unbounded => None,
+    }
+}
+
+/// Whether `n` distinct indexes inside `range` are all of it (a bounded range of `n` indexes).
+fn covers<RB: RangeBounds<u64>>(range: &RB, n: usize) -> bool {
+    let Some(start) = start_of(range) else {
+        return false;
+    };
+    let end = match range.end_bound() {
+        Bound::Included(e) => e.checked_add(1),
+        Bound::Excluded(e) => Some(*e),
+        Bound::Unbounded => None,
+    };
+    end.is_some_and(|end| n > 0 && end.checked_sub(start) == Some(n as u64))
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
@@ -683,5 +710,17 @@ mod tests {
             }
         };
         assert_eq!(on_disk(&reopened).index, Some(8));
+    }
+
+    #[test]
+    fn a_range_is_covered_only_by_all_of_its_indexes() {
+        assert!(covers(&(3..6), 3));
+        assert!(covers(&(3..=5), 3));
+        assert!(!covers(&(3..6), 2));
+        assert!(!covers(&(3..), 3));
+        assert!(!covers(&(..6), 6));
+        assert!(!covers(&(3..3), 0));
+        assert_eq!(start_of(&(3..6)), Some(3));
+        assert_eq!(start_of(&(..6)), None);
     }
 }
