@@ -355,7 +355,8 @@ impl Cluster {
     }
 
     /// Removes a member's record from the machine registry, then the member from the
-    /// membership (in this order: the leader may be the member removed).
+    /// membership (in this order: the leader may be the member removed). Removing a member
+    /// that is already gone succeeds: the leader answers a removal sent again that way.
     pub(crate) async fn remove(&self, id: NodeId) -> Result<(), Error> {
         let name = self
             .members()
@@ -578,26 +579,38 @@ impl Cluster {
             LeaderRequest::Remove(id) => {
                 let members = self.members();
                 let Some(target) = members.iter().find(|m| m.id == id) else {
-                    return Err(Error::Rejected(format!("member {} not found", id_hex(id))));
+                    // Already gone: a removal sent again after one that went through (the
+                    // removed member was the leader and stepped down or stopped before it
+                    // answered). The callers check first that the member exists.
+                    return Ok(LeaderReply::Done);
                 };
                 let voters = members.iter().filter(|m| m.voter).count();
-                if target.voter {
-                    if voters == 1 {
-                        return Err(Error::Rejected(format!(
-                            "member {} is the last voter; add another member first",
-                            target.member.name
-                        )));
-                    }
-                    raft.change_membership(
-                        ChangeMembers::RemoveVoters(BTreeSet::from([id])),
-                        false,
-                    )
-                    .await
-                    .map_err(membership_error)?;
+                if target.voter && voters == 1 {
+                    return Err(Error::Rejected(format!(
+                        "member {} is the last voter; add another member first",
+                        target.member.name
+                    )));
+                }
+                let change = if target.voter {
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
                 } else {
-                    raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                        .await
-                        .map_err(membership_error)?;
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                };
+                if let Err(e) = raft.change_membership(change, false).await {
+                    // A leader that removes itself may step down (or stop) before the change
+                    // answers: once the configuration without it is in the log (the joint one
+                    // committed), the removal stands whoever leads next.
+                    let listed = raft
+                        .metrics()
+                        .borrow()
+                        .membership_config
+                        .membership()
+                        .get_node(&id)
+                        .is_some();
+                    if listed {
+                        return Err(membership_error(e));
+                    }
+                    tracing::debug!(member = %id_hex(id), "removed; the change answered: {e}");
                 }
                 Ok(LeaderReply::Done)
             }

@@ -534,6 +534,31 @@ fn tls_lines(dir: &Path, name: &str, ip: Ipv4Addr) -> Result<String, AgentsError
     ))
 }
 
+/// For a benchmark's `main`: points this harness at `flotillad` (default: `flotillad` next to
+/// the running program, so a `--release` benchmark runs the release agent) through
+/// `FLOTILLAD`.
+///
+/// # Safety
+///
+/// It sets an environment variable: call it before any other thread exists.
+pub unsafe fn use_flotillad(flotillad: Option<&Path>) -> Result<(), AgentsError> {
+    let flotillad = match flotillad {
+        Some(path) => path.to_path_buf(),
+        None => std::env::current_exe()
+            .map_err(|e| AgentsError::Binary(format!("cannot find this program's path: {e}")))?
+            .with_file_name("flotillad"),
+    };
+    if !flotillad.is_file() {
+        return Err(AgentsError::Binary(format!(
+            "no flotillad at {}: build it (cargo build --release -p flotilla-agent) or pass --flotillad",
+            flotillad.display()
+        )));
+    }
+    // SAFETY: the caller guarantees that no other thread exists.
+    unsafe { std::env::set_var("FLOTILLAD", &flotillad) };
+    Ok(())
+}
+
 /// `flotctl ca issue DIR NAME ARGS...`.
 pub fn flotctl_ca_issue(dir: &Path, name: &str, args: &[&str]) -> Result<(), AgentsError> {
     let out = Command::new(flotctl()?)

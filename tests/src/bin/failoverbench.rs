@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use flotilla_tests::agents::{self, Agent};
 use flotilla_tests::etcd::{EtcdCluster, EtcdConfig};
@@ -114,20 +114,8 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> Result<()> {
     if args.target != TargetArg::Etcd {
-        let flotillad = match &args.flotillad {
-            Some(path) => path.clone(),
-            None => std::env::current_exe()
-                .context("cannot find this program's path")?
-                .with_file_name("flotillad"),
-        };
-        if !flotillad.is_file() {
-            bail!(
-                "no flotillad at {}: build it (cargo build --release -p flotilla-agent) or pass --flotillad",
-                flotillad.display()
-            );
-        }
-        // SAFETY: no other thread exists yet, so nothing reads the environment concurrently.
-        unsafe { std::env::set_var("FLOTILLAD", &flotillad) };
+        // SAFETY: no other thread exists yet (the writers start later).
+        unsafe { agents::use_flotillad(args.flotillad.as_deref()) }?;
     }
     if let Some(root) = &args.data_root {
         // SAFETY: as above.

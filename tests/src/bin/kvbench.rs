@@ -275,21 +275,9 @@ fn main() -> ExitCode {
 /// read these from the environment. Runs before any other thread exists.
 fn prepare_environment(args: &Args) -> Result<()> {
     if args.target != TargetArg::Etcd {
-        let flotillad = match &args.flotillad {
-            Some(path) => path.clone(),
-            None => std::env::current_exe()
-                .context("cannot find this program's path")?
-                .with_file_name("flotillad"),
-        };
-        if !flotillad.is_file() {
-            bail!(
-                "no flotillad at {}: build it (cargo build --release -p flotilla-agent) or pass --flotillad",
-                flotillad.display()
-            );
-        }
         // SAFETY: no other thread exists yet (the runtime is built after this), so nothing
         // reads the environment concurrently.
-        unsafe { std::env::set_var("FLOTILLAD", &flotillad) };
+        unsafe { agents::use_flotillad(args.flotillad.as_deref()) }?;
     }
     if let Some(root) = &args.data_root {
         // SAFETY: as above.

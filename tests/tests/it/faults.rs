@@ -33,8 +33,7 @@ use flotilla_tests::testbed::network::NetworkError;
 use flotilla_tests::testbed::{MachineError, Node, Options, Testbed, wait_for, wait_until};
 use nix::sched::{CloneFlags, setns};
 
-use crate::unitfaults::{UNIT_TEXT, UNITS, wait_exactly_once};
-use crate::units::{flotctl, text, wait_machines_up, write as write_file};
+use crate::unitfaults::{UNITS, launch_units, wait_exactly_once};
 
 /// How long one client operation may take before it is given up as indeterminate.
 const OP_DEADLINE: Duration = Duration::from_secs(2);
@@ -547,21 +546,7 @@ fn faults_on_testbed_machines_lose_no_acknowledged_write() {
     // Units through the same faults: launched before, and after every fault is undone each
     // runs on exactly one machine (by every machine's systemd and every machine's view).
     let nodes: Vec<Node<'_>> = tb.nodes().collect();
-    for n in &nodes {
-        n.wait_active("flotillad.service", RECOVERY_DEADLINE)
-            .unwrap();
-    }
-    wait_machines_up(&nodes[0], nodes.len());
-    let mut argv = vec!["start".to_owned(), "--block-timeout".into(), "60".into()];
-    for unit in UNITS {
-        let path = format!("/tmp/{unit}");
-        write_file(&nodes[0], &path, UNIT_TEXT);
-        argv.push(path);
-    }
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let out = flotctl(&nodes[0], &argv);
-    assert!(out.status.success(), "start: {}", text(&out));
-    wait_exactly_once(&tb, &UNITS, &nodes, &nodes, None, "every unit started once");
+    launch_units(&tb, &nodes);
     let workload = Workload::new(endpoints.clone(), netns, "faults-testbed");
     let mut faults: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut count = |kind: &'static str| *faults.entry(kind).or_default() += 1;

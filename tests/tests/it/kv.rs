@@ -976,3 +976,45 @@ fn a_stopped_leader_hands_its_leadership_over() {
     let out = etcdctl(&via, &["get", "--quorum", "/handover/before"]);
     assert_eq!(stdout(&out).trim(), "v1", "{}", transcript(&out));
 }
+
+/// `etcdctl member remove` of the member that leads succeeds, once: the leader removes itself
+/// (and stops), and a removal sent again to the next leader finds it gone and is done.
+#[test]
+fn removing_the_leader_succeeds() {
+    let mut cluster = Cluster::start(3).expect("3 agents start");
+    let fourth = cluster.join_new().expect("a fourth agent joins");
+    let leader = cluster.wait_leader().expect("a leader");
+    let name = cluster.agents()[leader].name().to_owned();
+    let others: Vec<String> = (0..cluster.agents().len())
+        .filter(|i| *i != leader)
+        .map(|i| cluster.agents()[i].client_url())
+        .collect();
+    let list = etcdctl(&others.join(","), &["member", "list"]);
+    assert!(list.status.success(), "{}", transcript(&list));
+    let victim = stdout(&list)
+        .lines()
+        .find(|l| l.contains(&format!("name={name} ")))
+        .and_then(|l| l.split(':').next())
+        .expect("the leader is listed")
+        .to_string();
+    let removed = etcdctl(&others.join(","), &["member", "remove", &victim]);
+    assert!(removed.status.success(), "{}", transcript(&removed));
+    wait_for(
+        Duration::from_secs(30),
+        "the removed leader gone from the member list",
+        || {
+            let list = etcdctl(&others.join(","), &["member", "list"]);
+            if list.status.success() && !stdout(&list).contains(&format!("name={name} ")) {
+                Ok(())
+            } else {
+                Err(Some(transcript(&list)))
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let set = etcdctl(
+        &cluster.agents()[fourth].client_url(),
+        &["set", "/after", "v"],
+    );
+    assert!(set.status.success(), "{}", transcript(&set));
+}

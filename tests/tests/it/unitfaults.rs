@@ -32,7 +32,7 @@ pub(crate) const UNITS: [&str; 4] = [
     "fault-c.service",
     "fault-d.service",
 ];
-pub(crate) const UNIT_TEXT: &str =
+const UNIT_TEXT: &str =
     "[Unit]\nDescription=a unit through faults\n\n[Service]\nExecStart=/usr/bin/sleep infinity\n";
 
 /// What `node` says of every unit: name -> (assigned machines, machines reporting it active).
@@ -151,14 +151,12 @@ fn units_on(placed: &BTreeMap<String, String>, machine: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn units_run_on_exactly_one_machine_after_partitions_and_power_loss() {
-    let tb = Testbed::up(Options::new(3).agent(Options::default_agent())).unwrap();
-    let nodes: Vec<Node<'_>> = tb.nodes().collect();
-    for n in &nodes {
+/// Launches [`UNITS`] through node 1 once every machine's agent is up; returns where each runs.
+pub(crate) fn launch_units(tb: &Testbed, nodes: &[Node<'_>]) -> BTreeMap<String, String> {
+    for n in nodes {
         n.wait_active("flotillad.service", DEADLINE).unwrap();
     }
-    wait_machines_up(&nodes[0], 3);
+    wait_machines_up(&nodes[0], nodes.len());
     let mut argv = vec!["start".to_owned(), "--block-timeout".into(), "60".into()];
     for unit in UNITS {
         let path = format!("/tmp/{unit}");
@@ -168,7 +166,14 @@ fn units_run_on_exactly_one_machine_after_partitions_and_power_loss() {
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let out = flotctl(&nodes[0], &argv);
     assert!(out.status.success(), "start: {}", text(&out));
-    let placed = wait_exactly_once(&tb, &UNITS, &nodes, &nodes, None, "every unit started once");
+    wait_exactly_once(tb, &UNITS, nodes, nodes, None, "every unit started once")
+}
+
+#[test]
+fn units_run_on_exactly_one_machine_after_partitions_and_power_loss() {
+    let tb = Testbed::up(Options::new(3).agent(Options::default_agent())).unwrap();
+    let nodes: Vec<Node<'_>> = tb.nodes().collect();
+    let placed = launch_units(&tb, &nodes);
 
     // Cut off the machine running the first unit: the majority reschedules its units.
     let cut_name = placed[UNITS[0]].clone();
