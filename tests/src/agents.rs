@@ -362,21 +362,7 @@ impl Cluster {
     /// `grace`). Returns its exit status (none if it had to be killed or was not running).
     pub fn terminate(&mut self, i: usize, grace: Duration) -> Option<std::process::ExitStatus> {
         let mut child = self.agents[i].child.take()?;
-        let started = std::time::Instant::now();
-        // Our own child, by its handle's pid; not reaped until `try_wait` sees it exit.
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            if started.elapsed() > grace {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        crate::testbed::terminate(&mut child, grace).ok().flatten()
     }
 
     /// Starts agent `i` again on its data without waiting (see [`Cluster::wait_ready`]).

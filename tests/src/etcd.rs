@@ -353,22 +353,9 @@ impl EtcdCluster {
     }
 
     /// Stops member `i` as an init system would: SIGTERM, then waits for it to exit (SIGKILL
-    /// after `grace`). Returns how long it took to exit.
-    pub fn terminate(&mut self, i: usize, grace: Duration) -> Result<Duration, EtcdError> {
-        let started = Instant::now();
-        let member = &mut self.members[i];
-        let pid = nix::unistd::Pid::from_raw(member.child.id() as i32);
-        // Our own child, by its handle's pid; it is not reaped until `try_wait` sees it exit.
-        let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
-        while member.child.try_wait().ok().flatten().is_none() {
-            if started.elapsed() > grace {
-                let _ = member.child.kill();
-                let _ = member.child.wait();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Ok(started.elapsed())
+    /// after `grace`). Returns its exit status, `None` if it had to be killed.
+    pub fn terminate(&mut self, i: usize, grace: Duration) -> io::Result<Option<ExitStatus>> {
+        crate::testbed::terminate(&mut self.members[i].child, grace)
     }
 
     /// The cluster's own directory (data directories and logs).

@@ -64,7 +64,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 pub use machine::{MachineError, Node};
-pub use wait::{WaitError, wait_for, wait_for_async, wait_until};
+pub use wait::{WaitError, terminate, wait_for, wait_for_async, wait_until};
 
 use instance::{InstanceError, Lock, MachineRecord, ProcessId, Record};
 use network::NetworkError;

@@ -33,6 +33,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use flotilla_tests::agents::{self, Agent};
 use flotilla_tests::etcd::{EtcdCluster, EtcdConfig};
+use flotilla_tests::testbed::wait_for_async;
 
 /// The write gap when a leader is stopped with SIGTERM: flotilla vs etcd 3.4.
 #[derive(Debug, Parser)]
@@ -199,20 +200,17 @@ impl Cluster {
                     ..EtcdConfig::default()
                 };
                 let etcd = runtime.block_on(EtcdCluster::start(&config))?;
-                let leader = runtime
-                    .block_on(async {
-                        let deadline = Instant::now() + Duration::from_secs(30);
-                        loop {
-                            if let Some(l) = etcd.leader().await.ok().flatten() {
-                                return Some(l);
-                            }
-                            if Instant::now() > deadline {
-                                return None;
-                            }
-                            tokio::time::sleep(Duration::from_millis(20)).await;
+                let leader = runtime.block_on(wait_for_async(
+                    Duration::from_secs(30),
+                    "an etcd leader",
+                    || async {
+                        match etcd.leader().await {
+                            Ok(Some(l)) => Ok(l),
+                            Ok(None) => Err(None),
+                            Err(e) => Err(Some(e.to_string())),
                         }
-                    })
-                    .context("etcd elected no leader")?;
+                    },
+                ))?;
                 let urls = etcd.client_urls();
                 Ok((Cluster::Etcd(etcd), urls, leader))
             }
@@ -231,7 +229,8 @@ impl Cluster {
         const GRACE: Duration = Duration::from_secs(30);
         match self {
             Cluster::Etcd(etcd) => {
-                etcd.terminate(i, GRACE)?;
+                etcd.terminate(i, GRACE)?
+                    .context("etcd did not exit within 30 s of SIGTERM")?;
             }
             Cluster::Flotilla(agents) => {
                 agents

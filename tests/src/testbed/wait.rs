@@ -5,6 +5,8 @@
 //! re-checked; nothing assumes that anything is done after any of them.
 
 use std::future::Future;
+use std::process::{Child, ExitStatus};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// A condition did not hold before its deadline.
@@ -62,6 +64,28 @@ pub fn wait_for<T>(
     }
 }
 
+/// Stops `child` as an init system would: SIGTERM, then waits for it to exit (a blocking wait,
+/// no polling); if it has not exited after `grace`, SIGKILL. Returns its exit status, `None`
+/// if it had to be killed.
+pub fn terminate(child: &mut Child, grace: Duration) -> std::io::Result<Option<ExitStatus>> {
+    use nix::sys::signal::{Signal, kill};
+    // Our own child, not reaped until `wait` returns below: its pid cannot be reused meanwhile.
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = kill(pid, Signal::SIGTERM);
+    let (exited, exit_seen) = mpsc::channel::<()>();
+    let killer = std::thread::spawn(move || {
+        let killed = exit_seen.recv_timeout(grace).is_err();
+        if killed {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        killed
+    });
+    let status = child.wait();
+    let _ = exited.send(());
+    let killed = killer.join().unwrap_or(true);
+    Ok((!killed).then_some(status?))
+}
+
 /// The async form of [`wait_for`], for conditions checked over D-Bus.
 pub async fn wait_for_async<T, F, Fut>(
     deadline: Duration,
@@ -94,7 +118,39 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::process::ExitStatusExt as _;
+
     use super::*;
+
+    #[test]
+    fn terminate_sends_sigterm_and_kills_what_ignores_it() {
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let status = terminate(&mut sleeper, Duration::from_secs(30)).unwrap();
+        assert_eq!(status.and_then(|s| s.signal()), Some(libc::SIGTERM));
+        // It says when its trap is set: a SIGTERM before that would end it.
+        let mut stubborn = std::process::Command::new("sh")
+            .args(["-c", "trap '' TERM; echo ready; read -r line"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Held open: `Child::wait` would close it, and `read` would end at the end of input.
+        let _input = stubborn.stdin.take();
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(stubborn.stdout.take().unwrap()),
+            &mut ready,
+        )
+        .unwrap();
+        assert_eq!(ready, "ready\n");
+        assert_eq!(
+            terminate(&mut stubborn, Duration::from_millis(300)).unwrap(),
+            None
+        );
+    }
 
     #[test]
     fn a_condition_that_holds_returns_at_once() {
