@@ -1,13 +1,16 @@
-//! The durable Raft log and vote, in a redb database under `data_dir`.
+//! The durable Raft log and vote, in an append-only write-ahead log under
+//! `data_dir/raft-log/` ([`wal`](super::wal)).
 //!
 //! # Design
 //!
-//! One writer thread owns every write transaction. `append` puts the entries in an in-memory
-//! table of unflushed entries (so they are readable at once, as openraft requires) and queues
-//! them for the writer; the writer takes everything queued meanwhile into one transaction and
-//! commits it with `Durability::Immediate` (fsync): one fsync serves every append that arrived
-//! while the previous one ran (group commit). Votes, truncation and purges go through the same
-//! queue, in order, and their callers wait for the commit.
+//! One writer thread owns the files. `append` puts the entries in the in-memory index (so
+//! they are readable at once, as openraft requires) and queues them for the writer; the
+//! writer takes everything queued meanwhile into one batch, written with one `pwrite` and
+//! made durable with one `fdatasync` (group commit: one fsync serves every append that arrived
+//! while the previous one ran). Votes, truncation and purges go through the same queue, in
+//! order, and their callers wait for the fsync. The index holds every entry's log id, and its
+//! bytes until they are on disk; after that, where they are in which segment (reads are
+//! `pread`s of the page cache).
 //!
 //! # Durability is tracked here, not by openraft's flush callback
 //!
@@ -32,8 +35,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::ops::{Bound, RangeBounds};
-use std::path::Path;
+use std::fs::File;
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::Duration;
@@ -42,30 +46,32 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
     AnyError, Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote,
 };
-use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
-};
 use tokio::sync::{oneshot, watch};
 
+use super::wal::{self, Loc, Rec};
 use super::{NodeId, TypeConfig};
 
-const LOGS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("logs");
-const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
-const VOTE: &str = "vote";
-const PURGED: &str = "last_purged";
-const COMMITTED: &str = "committed";
+/// The log's directory under `data_dir`.
+const DIR: &str = "raft-log";
+/// Where flotilla before 0.1's write-ahead log kept its log (a redb database).
+const LEGACY: &str = "raft-log.redb";
 
-/// Errors opening the log database.
+/// Errors opening the log.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Error {
-    /// The database file could not be opened or created.
-    #[error("cannot open the raft log {path}: {source}")]
-    Open {
-        /// The database file.
-        path: String,
-        /// What redb said.
-        source: redb::Error,
-    },
+    /// The log's files could not be read or set up.
+    #[error("cannot open the raft log: {0}")]
+    Open(#[from] wal::Error),
+    /// The data directory holds a log of an earlier format.
+    #[error(
+        "{} is a raft log in the format of an earlier flotilla (a redb database), which this \
+         version does not read; its log is {}/. Remove this member's data directory and let it \
+         join the cluster again (`flotctl member remove`, then `[cluster] join`): it catches up \
+         from the others",
+        .0.display(),
+        .0.with_file_name(DIR).display()
+    )]
+    Legacy(PathBuf),
     /// The writer thread could not be started.
     #[error("cannot start the raft log writer: {0}")]
     Thread(std::io::Error),
@@ -153,43 +159,64 @@ impl Durable {
     }
 }
 
-type WriteFn = Box<dyn FnOnce(&WriteTransaction) -> Result<(), redb::Error> + Send>;
+type Reply = oneshot::Sender<Result<(), String>>;
 
 /// Work for the writer thread.
 enum Op {
-    /// Entries `(index, sequence, bytes)` to store, and the id of the last one.
-    Append(Vec<(u64, u64, Arc<[u8]>)>, LogId<NodeId>),
-    /// Any other write, whom to tell once it is durable, and what it does to the log's end.
-    Write(WriteFn, oneshot::Sender<Result<(), String>>, Effect),
-}
-
-/// What a write other than an append does to the durable end of the log.
-#[derive(Debug, Clone, Copy)]
-enum Effect {
-    /// Nothing (a vote).
-    None,
+    /// Entries `(id, sequence, bytes)` to store.
+    Append(Vec<(LogId<NodeId>, u64, Arc<[u8]>)>),
+    /// A vote to store.
+    Vote(Vote<NodeId>, Reply),
     /// Removes the entries from this index on.
-    Truncate(u64),
+    Truncate(u64, Reply),
     /// Removes the entries up to this one, which a durable snapshot covers: the log counts as
     /// durable at least that far.
-    Purge(LogId<NodeId>),
+    Purge(LogId<NodeId>, Reply),
 }
 
-/// An appended entry not yet known to be in the database.
+/// Where an entry's bytes are.
 #[derive(Clone)]
-struct Unflushed {
-    seq: u64,
-    bytes: Arc<[u8]>,
+enum Data {
+    /// In memory, not yet known to be on disk; `seq` tells this append from a later one at
+    /// the same index.
+    Unflushed { seq: u64, bytes: Arc<[u8]> },
+    /// On disk.
+    Flushed(Loc),
+}
+
+#[derive(Clone)]
+struct Slot {
+    id: LogId<NodeId>,
+    data: Data,
+}
+
+/// What the store holds in memory.
+#[derive(Default)]
+struct Index {
+    /// Every entry not purged, by index.
+    slots: BTreeMap<u64, Slot>,
+    /// Every segment's file, for reads.
+    files: BTreeMap<u64, Arc<File>>,
+    /// The last purge.
+    purged: Option<LogId<NodeId>>,
+    /// The last vote saved.
+    vote: Option<Vote<NodeId>>,
+    /// The last committed log id openraft reported.
+    committed: Option<LogId<NodeId>>,
+    /// Whether `committed` is still to be written: it rides along with the next batch instead
+    /// of costing an fsync of its own.
+    committed_unwritten: bool,
 }
 
 struct Inner {
-    db: Database,
-    /// Appended entries the writer has not committed yet, by index.
-    unflushed: Mutex<BTreeMap<u64, Unflushed>>,
-    /// The last committed log id openraft reported (encoded), not yet written: it rides along
-    /// with the next transaction instead of costing an fsync of its own.
-    committed: Mutex<Option<Vec<u8>>>,
+    index: Mutex<Index>,
     seq: AtomicU64,
+}
+
+impl Inner {
+    fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// The log store handed to openraft (and cloned as its log reader).
@@ -201,40 +228,57 @@ pub(crate) struct LogStore {
 }
 
 impl LogStore {
-    /// Opens (or creates) `DIR/raft-log.redb` and starts its writer thread.
+    /// Opens (or creates) the log in `DIR/raft-log/` and starts its writer thread.
     pub(crate) fn open(dir: &Path) -> Result<Self, Error> {
-        let path = dir.join("raft-log.redb");
-        let open = || -> Result<Database, redb::Error> {
-            let db = Database::create(&path)?;
-            let mut txn = db.begin_write()?;
-            txn.set_durability(Durability::Immediate)?;
-            txn.open_table(LOGS)?;
-            txn.open_table(META)?;
-            txn.commit()?;
-            Ok(db)
+        let legacy = dir.join(LEGACY);
+        if legacy.exists() && !dir.join(DIR).exists() {
+            return Err(Error::Legacy(legacy));
+        }
+        let (log, files, writer) = wal::open(&dir.join(DIR))?;
+        if log.torn_bytes > 0 {
+            tracing::warn!(
+                "raft log: cut {} bytes of a write that was never completed off its end",
+                log.torn_bytes
+            );
+        }
+        let slots: BTreeMap<u64, Slot> = log
+            .entries
+            .iter()
+            .map(|(&i, &(id, loc))| {
+                (
+                    i,
+                    Slot {
+                        id,
+                        data: Data::Flushed(loc),
+                    },
+                )
+            })
+            .collect();
+        let last = slots.values().next_back().map(|s| s.id).or(log.purged);
+        let on_disk = OnDisk {
+            index: last.map(|l| l.index),
+            last,
+            failed: false,
         };
-        let db = open().map_err(|source| Error::Open {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let on_disk = last_on_disk(&db).map_err(|source| Error::Open {
-            path: path.display().to_string(),
-            source,
-        })?;
         let (durable_tx, durable_rx) = watch::channel(on_disk);
         let inner = Arc::new(Inner {
-            db,
-            unflushed: Mutex::default(),
-            committed: Mutex::default(),
+            index: Mutex::new(Index {
+                slots,
+                files,
+                purged: log.purged,
+                vote: log.vote,
+                committed: log.committed,
+                committed_unwritten: false,
+            }),
             seq: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel();
-        let writer = inner.clone();
+        let shared = inner.clone();
         let failure: Arc<OnceLock<String>> = Arc::default();
         let writer_failure = failure.clone();
         std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || write_loop(&writer, &rx, &durable_tx, &writer_failure))
+            .spawn(move || write_loop(writer, &shared, &rx, &durable_tx, &writer_failure))
             .map_err(Error::Thread)?;
         let durable = Durable {
             rx: durable_rx,
@@ -249,24 +293,11 @@ impl LogStore {
         self.durable.clone()
     }
 
-    fn read_meta<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &str,
-    ) -> Result<Option<T>, redb::Error> {
-        let txn = self.inner.db.begin_read()?;
-        let table = txn.open_table(META)?;
-        let Some(v) = table.get(key)? else {
-            return Ok(None);
-        };
-        Ok(postcard::from_bytes(v.value()).ok())
-    }
-
-    /// Queues a write (with its `effect` on the log's end) and waits until it is committed
-    /// durably.
-    async fn write(&self, f: WriteFn, effect: Effect) -> Result<(), AnyError> {
+    /// Queues `op` (built around its reply channel) and waits until it is durable.
+    async fn write(&self, op: impl FnOnce(Reply) -> Op) -> Result<(), AnyError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Op::Write(f, tx, effect))
+            .send(op(tx))
             .map_err(|_| AnyError::error(self.durable.cause()))?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
@@ -274,40 +305,13 @@ impl LogStore {
             Err(_) => Err(AnyError::error(self.durable.cause())),
         }
     }
-
-    fn unflushed(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Unflushed>> {
-        self.inner
-            .unflushed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
 }
 
-/// The last entry in a freshly opened database (or the last purged one): all of it is durable.
-fn last_on_disk(db: &Database) -> Result<OnDisk, redb::Error> {
-    let txn = db.begin_read()?;
-    let last = match txn.open_table(LOGS)?.last()? {
-        Some((_, v)) => decode(v.value()).ok().map(|e| e.log_id),
-        None => None,
-    };
-    let last = match last {
-        Some(l) => Some(l),
-        None => match txn.open_table(META)?.get(PURGED)? {
-            Some(v) => postcard::from_bytes(v.value()).ok(),
-            None => None,
-        },
-    };
-    Ok(OnDisk {
-        index: last.map(|l| l.index),
-        last,
-        failed: false,
-    })
-}
-
-/// The writer thread: one durable transaction for everything queued, then the waiters and
-/// the new [`Durable`] position. The first failed transaction ends it (its error goes to
+/// The writer thread: one durable batch for everything queued, then the index, the waiters
+/// and the new [`Durable`] position. The first failed write ends it (its error goes to
 /// `failure`): nothing is retried.
 fn write_loop(
+    mut writer: wal::Writer,
     inner: &Inner,
     rx: &mpsc::Receiver<Op>,
     durable: &watch::Sender<OnDisk>,
@@ -316,89 +320,102 @@ fn write_loop(
     let mut on_disk = *durable.borrow();
     while let Ok(first) = rx.recv() {
         // The committed log id is taken before the queue is drained: the entries it names
-        // were queued before openraft could commit them, so they are in this transaction (or
-        // an earlier one), and the stored id never runs ahead of the stored log.
-        let committed = inner
-            .committed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        // were queued before openraft could commit them, so they are in this batch (or an
+        // earlier one), and the stored id never runs ahead of the stored log.
+        let committed = {
+            let mut index = inner.index();
+            let unwritten = std::mem::take(&mut index.committed_unwritten);
+            unwritten.then_some(index.committed)
+        };
         let mut ops = vec![first];
         while let Ok(op) = rx.try_recv() {
             ops.push(op);
         }
-        let mut done = Vec::new();
-        let mut appended = Vec::new();
         let mut next = on_disk;
-        let result = (|| -> Result<(), redb::Error> {
-            let mut txn = inner.db.begin_write()?;
-            txn.set_durability(Durability::Immediate)?;
-            if let Some(bytes) = committed {
-                put_meta(&txn, COMMITTED, &bytes)?;
-            }
-            for op in ops {
-                match op {
-                    Op::Append(entries, last) => {
-                        {
-                            let mut table = txn.open_table(LOGS)?;
-                            for (index, _, bytes) in &entries {
-                                table.insert(*index, &**bytes)?;
-                            }
-                        }
-                        appended.extend(entries.into_iter().map(|(index, seq, _)| (index, seq)));
-                        next.index = Some(last.index);
-                        next.last = Some(last);
+        let mut recs = Vec::with_capacity(ops.len() + 1);
+        let mut purged = false;
+        for op in &ops {
+            match op {
+                Op::Append(entries) => {
+                    for (id, _, bytes) in entries {
+                        recs.push(Rec::Entry(*id, bytes));
+                        next.index = Some(id.index);
+                        next.last = Some(*id);
                     }
-                    Op::Write(f, reply, effect) => {
-                        f(&txn)?;
-                        done.push(reply);
-                        match effect {
-                            Effect::None => {}
-                            Effect::Truncate(from) => {
-                                if next.index.is_some_and(|i| i >= from) {
-                                    next.index = from.checked_sub(1);
-                                    next.last = None;
-                                }
-                            }
-                            Effect::Purge(upto) => {
-                                if next.index < Some(upto.index) {
-                                    next.index = Some(upto.index);
-                                    next.last = Some(upto);
-                                }
-                            }
-                        }
+                }
+                Op::Vote(v, _) => recs.push(Rec::Vote(*v)),
+                Op::Truncate(from, _) => {
+                    recs.push(Rec::Truncate(*from));
+                    if next.index.is_some_and(|i| i >= *from) {
+                        next.index = from.checked_sub(1);
+                        next.last = None;
+                    }
+                }
+                Op::Purge(upto, _) => {
+                    recs.push(Rec::Purge(*upto));
+                    purged = true;
+                    if next.index < Some(upto.index) {
+                        next.index = Some(upto.index);
+                        next.last = Some(*upto);
                     }
                 }
             }
-            txn.commit()?;
-            Ok(())
-        })();
+        }
+        // Last: replay stops at a torn record, so a committed id that survives a torn batch
+        // never names entries of it that did not.
+        if let Some(c) = committed {
+            recs.push(Rec::Committed(c));
+        }
+        let result = writer.write(&recs);
+        drop(recs);
+        let mut replies = Vec::new();
+        let mut appended = Vec::new();
+        for op in ops {
+            match op {
+                Op::Append(entries) => {
+                    appended.extend(entries.into_iter().map(|(id, seq, _)| (id.index, seq)));
+                }
+                Op::Vote(_, r) | Op::Truncate(_, r) | Op::Purge(_, r) => replies.push(r),
+            }
+        }
         match result {
-            Ok(()) => {
+            Ok(written) => {
+                let removed = if purged {
+                    writer.remove_purged()
+                } else {
+                    Vec::new()
+                };
                 {
-                    let mut unflushed = inner.unflushed.lock().unwrap_or_else(|p| p.into_inner());
-                    for (index, seq) in appended {
-                        if unflushed.get(&index).is_some_and(|u| u.seq == seq) {
-                            unflushed.remove(&index);
+                    let mut index = inner.index();
+                    if let Some((seq, file)) = written.new_segment {
+                        index.files.insert(seq, file);
+                    }
+                    for seq in removed {
+                        index.files.remove(&seq);
+                    }
+                    for ((i, seq), loc) in appended.into_iter().zip(written.entries) {
+                        if let Some(slot) = index.slots.get_mut(&i)
+                            && matches!(slot.data, Data::Unflushed { seq: s, .. } if s == seq)
+                        {
+                            slot.data = Data::Flushed(loc);
                         }
                     }
                 }
                 on_disk = next;
                 durable.send_replace(on_disk);
-                for reply in done {
+                for reply in replies {
                     let _ = reply.send(Ok(()));
                 }
             }
             Err(e) => {
                 // Entries openraft believes flushed may be lost: nothing may wait on this log
                 // any more (the state machine then fails, and with it Raft). A failed fsync is
-                // never retried (this thread ends, and redb refuses every later write once one
-                // failed): the kernel may have dropped the dirty pages, and a second fsync
-                // would report them durable.
+                // never retried (this thread ends): the kernel may have dropped the dirty
+                // pages, and a second fsync would report them durable.
                 tracing::error!("cannot write the raft log: {e}");
                 let _ = failure.set(format!("cannot write the raft log: {e}"));
                 durable.send_modify(|d| d.failed = true);
-                for reply in done {
+                for reply in replies {
                     let _ = reply.send(Err(e.to_string()));
                 }
                 return;
@@ -411,13 +428,14 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, AnyError> {
     postcard::to_allocvec(v).map_err(|e| AnyError::new(&e))
 }
 
-fn put_meta(txn: &WriteTransaction, key: &str, v: &[u8]) -> Result<(), redb::Error> {
-    txn.open_table(META)?.insert(key, v)?;
-    Ok(())
-}
-
 fn decode(bytes: &[u8]) -> Result<Entry<TypeConfig>, AnyError> {
     postcard::from_bytes(bytes).map_err(|e| AnyError::new(&e))
+}
+
+/// Where to get one entry's bytes, taken under the lock and read outside it.
+enum Source {
+    Memory(Arc<[u8]>),
+    File(Arc<File>, Loc),
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -425,88 +443,53 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
-        let read = || -> Result<Vec<Entry<TypeConfig>>, AnyError> {
-            // Unflushed entries first: the writer may move them to the database meanwhile, so
-            // they are taken before the database is read, and win over it.
-            let pending: BTreeMap<u64, Arc<[u8]>> = self
-                .unflushed()
-                .range(range.clone())
-                .map(|(i, u)| (*i, u.bytes.clone()))
-                .collect();
-            // Replication asks for what was just appended: when the unflushed entries hold
-            // the whole range, the database is not read at all.
-            if covers(&range, pending.len()) && pending.keys().next() == start_of(&range).as_ref() {
-                return pending.values().map(|b| decode(b)).collect();
+        let sources: Vec<Source> = {
+            let index = self.inner.index();
+            let mut out = Vec::new();
+            for slot in index.slots.range(range).map(|(_, s)| s) {
+                out.push(match &slot.data {
+                    Data::Unflushed { bytes, .. } => Source::Memory(bytes.clone()),
+                    Data::Flushed(loc) => {
+                        let Some(file) = index.files.get(&loc.seg) else {
+                            let e = AnyError::error(format!(
+                                "raft log entry {} is in segment {}, which is gone",
+                                slot.id.index, loc.seg
+                            ));
+                            return Err(StorageIOError::read_logs(e).into());
+                        };
+                        Source::File(file.clone(), *loc)
+                    }
+                });
             }
-            let txn = self.inner.db.begin_read().map_err(|e| AnyError::new(&e))?;
-            let table = txn.open_table(LOGS).map_err(|e| AnyError::new(&e))?;
-            let mut out = BTreeMap::new();
-            for item in table.range(range).map_err(|e| AnyError::new(&e))? {
-                let (k, v) = item.map_err(|e| AnyError::new(&e))?;
-                if !pending.contains_key(&k.value()) {
-                    out.insert(k.value(), decode(v.value())?);
+            out
+        };
+        let read = |s: Source| -> Result<Entry<TypeConfig>, AnyError> {
+            match s {
+                Source::Memory(bytes) => decode(&bytes),
+                Source::File(file, loc) => {
+                    let bytes = wal::read(&file, loc).map_err(|e| AnyError::new(&e))?;
+                    decode(&bytes)
                 }
             }
-            for (i, bytes) in pending {
-                out.insert(i, decode(&bytes)?);
-            }
-            Ok(out.into_values().collect())
         };
-        read().map_err(|e| StorageIOError::read_logs(e).into())
+        sources
+            .into_iter()
+            .map(read)
+            .collect::<Result<_, _>>()
+            .map_err(|e| StorageIOError::read_logs(e).into())
     }
-}
-
-/// The first index of `range`, if it has a lower bound.
-fn start_of<RB: RangeBounds<u64>>(range: &RB) -> Option<u64> {
-    match range.start_bound() {
-        Bound::Included(s) => Some(*s),
-        Bound::Excluded(s) => s.checked_add(1),
-        Bound::Unbounded => None,
-    }
-}
-
-/// Whether `n` distinct indexes inside `range` are all of it (a bounded range of `n` indexes).
-fn covers<RB: RangeBounds<u64>>(range: &RB, n: usize) -> bool {
-    let Some(start) = start_of(range) else {
-        return false;
-    };
-    let end = match range.end_bound() {
-        Bound::Included(e) => e.checked_add(1),
-        Bound::Excluded(e) => Some(*e),
-        Bound::Unbounded => None,
-    };
-    end.is_some_and(|end| n > 0 && end.checked_sub(start) == Some(n as u64))
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
-        let read = || -> Result<LogState<TypeConfig>, AnyError> {
-            let last_purged: Option<LogId<NodeId>> =
-                self.read_meta(PURGED).map_err(|e| AnyError::new(&e))?;
-            let pending_last = self
-                .unflushed()
-                .values()
-                .next_back()
-                .map(|u| u.bytes.clone());
-            let last = match pending_last {
-                Some(bytes) => Some(decode(&bytes)?.log_id),
-                None => {
-                    let txn = self.inner.db.begin_read().map_err(|e| AnyError::new(&e))?;
-                    let table = txn.open_table(LOGS).map_err(|e| AnyError::new(&e))?;
-                    match table.last().map_err(|e| AnyError::new(&e))? {
-                        Some((_, v)) => Some(decode(v.value())?.log_id),
-                        None => None,
-                    }
-                }
-            };
-            Ok(LogState {
-                last_purged_log_id: last_purged,
-                last_log_id: last.or(last_purged),
-            })
-        };
-        read().map_err(|e| StorageIOError::read_logs(e).into())
+        let index = self.inner.index();
+        let last = index.slots.values().next_back().map(|s| s.id);
+        Ok(LogState {
+            last_purged_log_id: index.purged,
+            last_log_id: last.or(index.purged),
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -514,18 +497,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let bytes = encode(vote).map_err(StorageIOError::write_vote)?;
-        self.write(
-            Box::new(move |txn| put_meta(txn, VOTE, &bytes)),
-            Effect::None,
-        )
-        .await
-        .map_err(|e| StorageIOError::write_vote(e).into())
+        let vote = *vote;
+        self.write(|r| Op::Vote(vote, r))
+            .await
+            .map_err(StorageIOError::write_vote)?;
+        self.inner.index().vote = Some(vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
-        self.read_meta(VOTE)
-            .map_err(|e| StorageIOError::read_vote(AnyError::new(&e)).into())
+        Ok(self.inner.index().vote)
     }
 
     async fn save_committed(
@@ -534,31 +515,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     ) -> Result<(), StorageError<NodeId>> {
         // Not written at once: it only lets a restart apply more of the log at once, so it
         // rides along with the next log write instead of costing an fsync of its own.
-        let bytes = encode(&committed).map_err(StorageIOError::write)?;
-        *self
-            .inner
-            .committed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(bytes);
+        let mut index = self.inner.index();
+        index.committed = committed;
+        index.committed_unwritten = true;
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        let pending = self
-            .inner
-            .committed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let Some(bytes) = pending {
-            let v: Option<LogId<NodeId>> = postcard::from_bytes(&bytes)
-                .map_err(|e| StorageIOError::read(AnyError::new(&e)))?;
-            return Ok(v);
-        }
-        let v: Option<Option<LogId<NodeId>>> = self
-            .read_meta(COMMITTED)
-            .map_err(|e| StorageIOError::read(AnyError::new(&e)))?;
-        Ok(v.flatten())
+        Ok(self.inner.index().committed)
     }
 
     async fn append<I>(
@@ -571,31 +535,34 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut encoded = Vec::new();
-        let mut last = None;
         for e in entries {
-            last = Some(e.log_id);
             let bytes: Arc<[u8]> = encode(&e).map_err(StorageIOError::write_logs)?.into();
             let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
-            encoded.push((e.log_id.index, seq, bytes));
+            encoded.push((e.log_id, seq, bytes));
         }
-        let Some(last) = last else {
+        let Some(&(first, _, _)) = encoded.first() else {
             callback.log_io_completed(Ok(()));
             return Ok(());
         };
         {
-            let mut unflushed = self.unflushed();
-            for (index, seq, bytes) in &encoded {
-                unflushed.insert(
-                    *index,
-                    Unflushed {
-                        seq: *seq,
-                        bytes: bytes.clone(),
+            let mut index = self.inner.index();
+            // An append replaces whatever was at and after its first index.
+            index.slots.split_off(&first.index);
+            for (id, seq, bytes) in &encoded {
+                index.slots.insert(
+                    id.index,
+                    Slot {
+                        id: *id,
+                        data: Data::Unflushed {
+                            seq: *seq,
+                            bytes: bytes.clone(),
+                        },
                     },
                 );
             }
         }
         self.tx
-            .send(Op::Append(encoded, last))
+            .send(Op::Append(encoded))
             .map_err(|_| StorageIOError::write_logs(AnyError::error(self.durable.cause())))?;
         // Reported flushed now, not after the fsync: see the module documentation. What is
         // really durable is published as `Durable`, which the state machine and the peer
@@ -606,37 +573,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         self.durable.truncations.fetch_add(1, Ordering::SeqCst);
-        self.unflushed().split_off(&log_id.index);
-        self.write(
-            Box::new(move |txn| {
-                txn.open_table(LOGS)?
-                    .retain_in(log_id.index.., |_, _| false)?;
-                Ok(())
-            }),
-            Effect::Truncate(log_id.index),
-        )
-        .await
-        .map_err(|e| StorageIOError::write_logs(e).into())
+        self.inner.index().slots.split_off(&log_id.index);
+        self.write(|r| Op::Truncate(log_id.index, r))
+            .await
+            .map_err(|e| StorageIOError::write_logs(e).into())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         {
-            let mut unflushed = self.unflushed();
-            let keep = unflushed.split_off(&(log_id.index + 1));
-            *unflushed = keep;
+            let mut index = self.inner.index();
+            let keep = index.slots.split_off(&(log_id.index + 1));
+            index.slots = keep;
+            if index.purged.is_none_or(|p| p.index < log_id.index) {
+                index.purged = Some(log_id);
+            }
         }
-        let bytes = encode(&log_id).map_err(StorageIOError::write_logs)?;
-        self.write(
-            Box::new(move |txn| {
-                put_meta(txn, PURGED, &bytes)?;
-                txn.open_table(LOGS)?
-                    .retain_in(..=log_id.index, |_, _| false)?;
-                Ok(())
-            }),
-            Effect::Purge(log_id),
-        )
-        .await
-        .map_err(|e| StorageIOError::write_logs(e).into())
+        self.write(|r| Op::Purge(log_id, r))
+            .await
+            .map_err(|e| StorageIOError::write_logs(e).into())
     }
 }
 
@@ -658,13 +612,10 @@ mod tests {
                     log_id: id(i),
                     payload: EntryPayload::Blank,
                 };
-                (i, i, encode(&entry).expect("encodes").into())
+                (id(i), i, encode(&entry).expect("encodes").into())
             })
             .collect();
-        store
-            .tx
-            .send(Op::Append(entries, id(to)))
-            .expect("writer runs");
+        store.tx.send(Op::Append(entries)).expect("writer runs");
     }
 
     fn on_disk(store: &LogStore) -> OnDisk {
@@ -713,14 +664,26 @@ mod tests {
     }
 
     #[test]
-    fn a_range_is_covered_only_by_all_of_its_indexes() {
-        assert!(covers(&(3..6), 3));
-        assert!(covers(&(3..=5), 3));
-        assert!(!covers(&(3..6), 2));
-        assert!(!covers(&(3..), 3));
-        assert!(!covers(&(..6), 6));
-        assert!(!covers(&(3..3), 0));
-        assert_eq!(start_of(&(3..6)), Some(3));
-        assert_eq!(start_of(&(..6)), None);
+    fn one_process_at_a_time_and_no_silent_upgrade_of_an_old_log() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = LogStore::open(dir.path()).expect("opens");
+        let again = LogStore::open(dir.path())
+            .err()
+            .expect("refused while open");
+        assert!(
+            again.to_string().contains("in use by another process"),
+            "{again}"
+        );
+        drop(store);
+
+        let old = tempfile::tempdir().expect("temp dir");
+        std::fs::write(old.path().join(LEGACY), b"redb").expect("writes");
+        let e = LogStore::open(old.path()).err().expect("refused");
+        let text = e.to_string();
+        assert!(
+            text.contains("raft-log.redb is a raft log in the format of an earlier"),
+            "{text}"
+        );
+        assert!(!old.path().join(DIR).exists(), "nothing created beside it");
     }
 }

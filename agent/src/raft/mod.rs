@@ -12,6 +12,7 @@ pub(crate) mod network;
 pub(crate) mod proposer;
 pub(crate) mod state_machine;
 pub(crate) mod stats;
+pub(crate) mod wal;
 
 use std::fmt;
 use std::io::Cursor;

@@ -3,9 +3,10 @@
 //! member's next `fdatasync` and `fsync` fail with EIO: a follower, the leader, and a
 //! follower whose snapshot's `fsync` fails (its raft log keeps working).
 //!
-//! The raft log is a redb database, whose commit makes itself durable with `fdatasync` (redb
-//! 4's `File::sync_data`; `strace -f -e trace=fsync,fdatasync,sync_file_range` on an agent
-//! shows only `fdatasync`); snapshots use `fsync` (`File::sync_all`). Each failpoint fails
+//! The raft log is a write-ahead log whose batches are made durable with `fdatasync`
+//! (`File::sync_data`; `strace -f -e trace=fsync,fdatasync,sync_file_range` on a running agent
+//! shows only `fdatasync`: the log's `fsync` of its directory happens only when it starts a
+//! segment, every 64 MiB); snapshots use `fsync` (`File::sync_all`). Each failpoint fails
 //! once (`onetime`): an agent that retried the fsync would see it succeed and carry on over
 //! pages the kernel may have dropped (PostgreSQL's "fsyncgate"), so carrying on is the bug
 //! this catches.
@@ -25,8 +26,8 @@
 //! failed transaction stay readable and reach the disk later; a real device error may drop
 //! them. Nothing the agent answered depends on them (no entry of a failed transaction was
 //! applied, acknowledged to a leader or counted durable), and a restarted member catches up
-//! from the leader; whether redb notices a commit header that reached the disk without its
-//! pages is not tested here.
+//! from the leader. A batch torn by a crash (a record whose hash does not match) is cut off the
+//! log's end when it is opened; the log's own tests cover that.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -45,7 +46,7 @@ const FAILPOINTS: &[&str] = &[
     "enable name=posix/io/sync/fsync,failinfo=5,onetime=1",
 ];
 /// What the agent logs when the log writer's fsync failed with EIO.
-const EIO: &str = "cannot write the raft log: I/O error: Input/output error (os error 5)";
+const EIO: &str = "cannot write the raft log: Input/output error (os error 5)";
 /// What the agent logs when a snapshot's fsync failed with EIO.
 const SNAPSHOT_EIO: &str = "snapshot.bin: Input/output error (os error 5)";
 
