@@ -302,7 +302,8 @@ impl Cluster {
                 // but answering it here would break read-your-writes.
                 if let Err(e) = wait.applied_index_at_least(Some(index), "write").await {
                     return Err(Error::Raft(format!(
-                        "the write was committed at index {index} but this member has not                          applied it ({e}): read it back through the leader"
+                        "the write was committed at index {index} but this member has not \
+                         applied it ({e}): read it back through the leader"
                     )));
                 }
                 Ok(*r)
