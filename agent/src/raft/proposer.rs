@@ -2,10 +2,15 @@
 //! together in the next log entry, so one fsync and one replication round trip serve many
 //! clients and throughput grows with their number.
 //!
+//! A proposal that finds nothing queued and nothing in flight (a lone client) skips the
+//! batching task: it is submitted from the caller's task and answered from openraft's reply
+//! directly, two task hops fewer on the path that decides a single client's latency.
+//!
 //! A leader handing its leadership over ([`Proposer::hold`]) submits nothing new until the
 //! handover is over: the candidate must have the leader's whole log to win its vote.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use flotilla_state::Response;
 use flotilla_state::sessions::{Outcome, Proposal};
@@ -60,6 +65,9 @@ pub(crate) struct Proposer {
     tx: mpsc::Sender<Pending>,
     /// Holds in force; while above zero no batch goes to Raft (they wait in the queue).
     held: Arc<watch::Sender<usize>>,
+    raft: Raft,
+    /// Batches submitted and not yet answered, by the task or by a caller directly.
+    in_flight: Arc<AtomicUsize>,
 }
 
 /// While alive, the proposer submits nothing to Raft (see [`Proposer::hold`]).
@@ -82,10 +90,13 @@ impl Proposer {
     ) -> Self {
         let (tx, rx) = mpsc::channel(8 * MAX_BATCH);
         let (held, held_rx) = watch::channel(0);
-        tasks.spawn(run(raft, rx, held_rx, cancel));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        tasks.spawn(run(raft.clone(), rx, held_rx, in_flight.clone(), cancel));
         Proposer {
             tx,
             held: Arc::new(held),
+            raft,
+            in_flight,
         }
     }
 
@@ -103,6 +114,30 @@ impl Proposer {
     /// response (of this copy, or of an earlier one with the same request id) and the index of
     /// the log entry that carried it.
     pub(crate) async fn propose(&self, p: Proposal) -> Result<(Response, u64), ProposeError> {
+        // Alone: nothing to batch with, nothing to wait behind.
+        if self.tx.capacity() == self.tx.max_capacity()
+            && *self.held.borrow() == 0
+            && self
+                .in_flight
+                .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            let _in_flight = InFlight(self.in_flight.clone());
+            let result = match self.raft.client_write_ff(vec![p]).await {
+                Ok(reply) => match reply.await {
+                    Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
+                    Ok(Err(e)) => Err(write_error(RaftError::APIError(e))),
+                    Err(_) => Err(ProposeError::Stopped("raft dropped the proposal".into())),
+                },
+                Err(e) => Err(ProposeError::Stopped(e.to_string())),
+            };
+            return result.and_then(|(outcomes, index)| {
+                let outcome = outcomes.into_iter().next().ok_or_else(|| {
+                    ProposeError::Raft(format!("no outcome for the proposal at index {index}"))
+                })?;
+                outcome_answer(outcome, index)
+            });
+        }
         let (tx, rx) = oneshot::channel();
         self.tx
             .send((p, tx))
@@ -113,10 +148,20 @@ impl Proposer {
     }
 }
 
+/// Counts a batch in flight until dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 async fn run(
     raft: Raft,
     mut rx: mpsc::Receiver<Pending>,
     mut held: watch::Receiver<usize>,
+    in_flight: Arc<AtomicUsize>,
     cancel: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
@@ -146,9 +191,12 @@ async fn run(
                 Err(_) => break,
             }
         }
+        in_flight.fetch_add(1, Ordering::AcqRel);
+        let counted = InFlight(in_flight.clone());
         match raft.client_write_ff(cmds).await {
             Ok(reply) => {
                 tokio::spawn(async move {
+                    let _counted = counted;
                     let result = match reply.await {
                         Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
                         Ok(Err(e)) => Err(write_error(RaftError::APIError(e))),
@@ -158,7 +206,10 @@ async fn run(
                     answer(waiters, result);
                 });
             }
-            Err(e) => answer(waiters, Err(ProposeError::Stopped(e.to_string()))),
+            Err(e) => {
+                drop(counted);
+                answer(waiters, Err(ProposeError::Stopped(e.to_string())));
+            }
         }
     }
 }
@@ -169,11 +220,7 @@ fn answer(waiters: Vec<Waiter>, result: Result<(Vec<Outcome>, u64), ProposeError
     match result {
         Ok((outcomes, index)) => {
             for (w, o) in waiters.into_iter().zip(outcomes) {
-                let answer = match o {
-                    Outcome::Applied(r) | Outcome::Replayed(r) => Ok((r, index)),
-                    Outcome::Stale => Err(ProposeError::Stale { index }),
-                };
-                let _ = w.send(answer);
+                let _ = w.send(outcome_answer(o, index));
             }
         }
         Err(e) => {
@@ -181,6 +228,13 @@ fn answer(waiters: Vec<Waiter>, result: Result<(Vec<Outcome>, u64), ProposeError
                 let _ = w.send(Err(e.clone()));
             }
         }
+    }
+}
+
+fn outcome_answer(o: Outcome, index: u64) -> Result<(Response, u64), ProposeError> {
+    match o {
+        Outcome::Applied(r) | Outcome::Replayed(r) => Ok((r, index)),
+        Outcome::Stale => Err(ProposeError::Stale { index }),
     }
 }
 
