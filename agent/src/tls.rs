@@ -31,6 +31,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::client::WebPkiServerVerifier;
 use tokio_rustls::rustls::crypto::{CryptoProvider, aws_lc_rs};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{
@@ -39,7 +40,7 @@ use tokio_rustls::rustls::pki_types::{
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::server::danger::ClientCertVerifier;
 use tokio_rustls::rustls::{
-    CertRevocationListError, CertificateError, RootCertStore, ServerConfig,
+    CertRevocationListError, CertificateError, ClientConfig, RootCertStore, ServerConfig,
 };
 use tokio_rustls::server::TlsStream;
 
@@ -424,6 +425,41 @@ pub(crate) fn peer_client(
         builder = builder.tls_crls_only(crls);
     }
     Ok(builder)
+}
+
+/// The rustls client config of the peer channel's own connections (`raft::network`'s
+/// replication links): the cluster CA as the only root, this member's certificate presented,
+/// the peer's certificate checked against `tls_crl`; the same files and checks as
+/// [`peer_client`].
+pub(crate) fn peer_client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, Error> {
+    let section = "cluster";
+    let roots = roots(section, files)?;
+    let certs = certificates(section, "tls_cert", &files.cert)?;
+    let key_pem = read(section, "tls_key", &files.key)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| file_error(section, "tls_key", &files.key, e))?;
+    let config_error = |reason: String| Error::Config {
+        what: format!("[{section}] TLS"),
+        reason,
+    };
+    let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider())
+        .with_crls(crls(section, files)?)
+        .build()
+        .map_err(|e| config_error(e.to_string()))?;
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| config_error(e.to_string()))?
+        .with_webpki_verifier(verifier)
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| {
+            config_error(format!(
+                "{} and {} do not make a usable certificate and key: {e}",
+                files.cert.display(),
+                files.key.display()
+            ))
+        })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// Who is on the other end of a connection: its address and, when it presented a verified

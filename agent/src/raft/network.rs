@@ -10,6 +10,12 @@
 //! headers and body in one `writev`. openraft keeps one call in flight per follower, so the
 //! pool stays small for Raft; concurrent forwarded writes each take a pooled connection.
 //!
+//! `AppendEntries` to a follower, the one call on every write's path, goes over a [`Link`]
+//! instead: one keep-alive HTTP/1.1 connection per follower (plain or the same mutual TLS),
+//! driven inside openraft's replication task for that follower. Through the pool, a call is
+//! handed to the connection's own task and its answer handed back, two task hops per call on
+//! the leader, per follower, per write.
+//!
 //! The leader never sends a commit index beyond its own durable log (see `log_store`): when it
 //! must hold one back, it sends it in a commit-only `AppendEntries` once its log caught up, so a
 //! follower does not wait for the next heartbeat to apply (and answer) a write.
@@ -18,8 +24,14 @@
 //! ([`CallError::Unreachable`]), a transport failure mid-call ([`CallError::Network`]), and an
 //! error the remote returned (carried inside the decoded `Result`, the caller's business).
 
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use openraft::LogId;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -31,6 +43,11 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls::ClientConfig;
+use tokio_rustls::rustls::pki_types::ServerName;
 
 use super::log_store::Durable;
 use super::{Member, NodeId, TypeConfig};
@@ -73,12 +90,12 @@ pub(crate) fn peer_addr(url: &str) -> Result<String, String> {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CallError {
     /// No connection could be made.
-    #[error("peer {addr} is unreachable: {}", chain(source))]
+    #[error("peer {addr} is unreachable: {reason}")]
     Unreachable {
         /// The peer.
         addr: String,
-        /// The connect error.
-        source: reqwest::Error,
+        /// The connect error and its causes.
+        reason: String,
     },
     /// The connection failed during the call, or the answer was not understood.
     #[error("call to peer {addr} failed: {reason}")]
@@ -110,7 +127,10 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// in flight finish on the old one (with its connections).
 #[derive(Clone)]
 pub(crate) struct Peers {
-    http: std::sync::Arc<std::sync::RwLock<reqwest::Client>>,
+    http: Arc<std::sync::RwLock<reqwest::Client>>,
+    /// The TLS of [`Link`]s (`None`: plain), and how often it was replaced: a link made
+    /// before the last reload connects again.
+    links: Arc<std::sync::RwLock<(Option<Arc<ClientConfig>>, u64)>>,
     /// `http` or `https`.
     scheme: &'static str,
 }
@@ -119,8 +139,10 @@ impl Peers {
     /// An HTTP/1.1 client with TCP_NODELAY and TCP keep-alive; mutual TLS with `tls`.
     pub(crate) fn new(tls: Option<&TlsFiles>) -> Result<Self, crate::tls::Error> {
         let (http, scheme) = Peers::client(tls)?;
+        let link_tls = tls.map(crate::tls::peer_client_config).transpose()?;
         Ok(Peers {
-            http: std::sync::Arc::new(std::sync::RwLock::new(http)),
+            http: Arc::new(std::sync::RwLock::new(http)),
+            links: Arc::new(std::sync::RwLock::new((link_tls, 0))),
             scheme,
         })
     }
@@ -151,7 +173,10 @@ impl Peers {
     /// error keeps the running one. Turning TLS on or off takes a restart (the scheme stays).
     pub(crate) fn reload(&self, tls: &TlsFiles) -> Result<(), crate::tls::Error> {
         let (http, _) = Peers::client(Some(tls))?;
+        let link_tls = crate::tls::peer_client_config(tls)?;
         *self.http.write().unwrap_or_else(|p| p.into_inner()) = http;
+        let mut links = self.links.write().unwrap_or_else(|p| p.into_inner());
+        *links = (Some(link_tls), links.1 + 1);
         Ok(())
     }
 
@@ -189,7 +214,7 @@ impl Peers {
                 if source.is_connect() {
                     CallError::Unreachable {
                         addr: addr.to_string(),
-                        source,
+                        reason: chain(&source),
                     }
                 } else {
                     network(chain(&source))
@@ -224,6 +249,7 @@ impl RaftNetworkFactory<TypeConfig> for Factory {
             target,
             node: node.clone(),
             durable: self.durable.clone(),
+            link: Link::new(node.peer_addr.clone()),
         }
     }
 }
@@ -234,6 +260,8 @@ pub(crate) struct Connection {
     target: NodeId,
     node: Member,
     durable: Durable,
+    /// The connection `AppendEntries` goes over.
+    link: Link,
 }
 
 impl Connection {
@@ -266,6 +294,223 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// `AppendEntries` over this follower's [`Link`].
+    async fn append(
+        &mut self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        option: &RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        let body = postcard::to_allocvec(rpc).map_err(|e| {
+            RPCError::Network(NetworkError::new(&CallError::Network {
+                addr: self.node.peer_addr.clone(),
+                reason: format!("cannot encode the request: {e}"),
+            }))
+        })?;
+        let reply: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> = self
+            .link
+            .call(&self.peers, path::APPEND, body, option.hard_ttl())
+            .await
+            .map_err(|e| match e {
+                CallError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+                CallError::Network { .. } => RPCError::Network(NetworkError::new(&e)),
+            })?;
+        reply.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                e,
+            ))
+        })
+    }
+}
+
+/// A byte stream, plain or TLS.
+trait Stream: AsyncRead + AsyncWrite + Send + Sync + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin> Stream for T {}
+
+type LinkConnection = http1::Connection<TokioIo<Box<dyn Stream>>, Full<Bytes>>;
+
+/// One keep-alive HTTP/1.1 connection to one peer, polled only by the task that calls
+/// through it (no connection task, no hand-over between tasks). Connected on first use and
+/// again after any failure, or after a TLS reload.
+pub(crate) struct Link {
+    addr: String,
+    open: Option<Open>,
+}
+
+struct Open {
+    sender: http1::SendRequest<Full<Bytes>>,
+    conn: Pin<Box<LinkConnection>>,
+    /// The TLS generation it was made with.
+    generation: u64,
+}
+
+/// Runs `fut` while driving `conn` (which does the reading and writing for it); an error if
+/// the connection ends first.
+async fn drive<F: std::future::Future>(
+    conn: &mut Pin<Box<LinkConnection>>,
+    fut: F,
+) -> Result<F::Output, String> {
+    tokio::select! {
+        biased;
+        out = fut => Ok(out),
+        end = conn.as_mut() => Err(match end {
+            Ok(()) => "the peer closed the connection".to_string(),
+            Err(e) => chain(&e),
+        }),
+    }
+}
+
+impl Link {
+    fn new(addr: String) -> Self {
+        Link { addr, open: None }
+    }
+
+    /// POSTs `body` to `PATH` and returns the decoded reply; a failure closes the connection.
+    async fn call<Resp: DeserializeOwned>(
+        &mut self,
+        peers: &Peers,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Resp, CallError> {
+        let addr = self.addr.clone();
+        let network = |reason: String| CallError::Network { addr, reason };
+        let bytes = match tokio::time::timeout(timeout, self.exchange(peers, path, body)).await {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(e)) => {
+                self.open = None;
+                return Err(e);
+            }
+            Err(_) => {
+                self.open = None;
+                return Err(network(format!("no answer within {timeout:?}")));
+            }
+        };
+        postcard::from_bytes(&bytes).map_err(|e| {
+            self.open = None;
+            network(format!("cannot decode the reply: {e}"))
+        })
+    }
+
+    async fn exchange(
+        &mut self,
+        peers: &Peers,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<Bytes, CallError> {
+        let network = |reason: String| CallError::Network {
+            addr: self.addr.clone(),
+            reason,
+        };
+        let (tls, generation) = peers
+            .links
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if self
+            .open
+            .as_ref()
+            .is_some_and(|o| o.generation != generation)
+        {
+            self.open = None;
+        }
+        // A connection kept from an earlier call may have been closed since (by the peer, or
+        // by a call that was given up): nothing was sent on it, so a fresh one is tried.
+        loop {
+            let fresh = self.open.is_none();
+            let open = match &mut self.open {
+                Some(open) => open,
+                None => {
+                    let open = connect(&self.addr, tls.clone(), generation).await?;
+                    self.open.insert(open)
+                }
+            };
+            match drive(&mut open.conn, open.sender.ready())
+                .await
+                .and_then(|r| r.map_err(|e| chain(&e)))
+            {
+                Ok(()) => break,
+                Err(_) if !fresh => self.open = None,
+                Err(e) => return Err(network(e)),
+            }
+        }
+        let open = self.open.as_mut().expect("connected above");
+        let request = hyper::Request::post(path)
+            .header(hyper::header::HOST, self.addr.as_str())
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| network(e.to_string()))?;
+        let response = drive(&mut open.conn, open.sender.send_request(request))
+            .await
+            .and_then(|r| r.map_err(|e| chain(&e)))
+            .map_err(network)?;
+        let status = response.status();
+        let bytes = drive(&mut open.conn, response.into_body().collect())
+            .await
+            .and_then(|r| r.map_err(|e| chain(&e)))
+            .map_err(network)?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(network(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&bytes)
+            )));
+        }
+        Ok(bytes)
+    }
+}
+
+/// Opens a connection to `addr` (TCP_NODELAY, keep-alive; TLS with `tls`).
+async fn connect(
+    addr: &str,
+    tls: Option<Arc<ClientConfig>>,
+    generation: u64,
+) -> Result<Open, CallError> {
+    let unreachable = |reason: String| CallError::Unreachable {
+        addr: addr.to_string(),
+        reason,
+    };
+    let tcp = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr))
+        .await
+        .map_err(|_| unreachable("connect timed out after 1s".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    tcp.set_nodelay(true)
+        .map_err(|e| unreachable(e.to_string()))?;
+    let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(15));
+    socket2::SockRef::from(&tcp)
+        .set_tcp_keepalive(&keepalive)
+        .map_err(|e| unreachable(e.to_string()))?;
+    let stream: Box<dyn Stream> = match tls {
+        None => Box::new(tcp),
+        Some(config) => {
+            let host = addr
+                .rsplit_once(':')
+                .map_or(addr, |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let name = ServerName::try_from(host.to_string())
+                .map_err(|e| unreachable(format!("{host:?} is not a server name: {e}")))?;
+            let tls = tokio::time::timeout(
+                Duration::from_secs(3),
+                tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+            )
+            .await
+            .map_err(|_| unreachable("TLS handshake timed out after 3s".into()))?
+            .map_err(|e| unreachable(format!("TLS handshake: {}", chain(&e))))?;
+            Box::new(tls)
+        }
+    };
+    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| unreachable(chain(&e)))?;
+    Ok(Open {
+        sender,
+        conn: Box::pin(conn),
+        generation,
+    })
+}
+
 impl RaftNetwork<TypeConfig> for Connection {
     async fn append_entries(
         &mut self,
@@ -273,7 +518,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         let held_back = hold_back_commit(&mut rpc, self.durable.last());
-        let reply = self.rpc(path::APPEND, &rpc, &option).await;
+        let reply = self.append(&rpc, &option).await;
         if let (Some(commit), Ok(AppendEntriesResponse::Success)) = (held_back, &reply) {
             // The follower holds everything up to `matched` now: once this log is durable up
             // to the commit index, tell it (the reply does not matter; a later message carries
