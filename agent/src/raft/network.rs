@@ -342,24 +342,42 @@ pub(crate) struct Link {
 struct Open {
     sender: http1::SendRequest<Full<Bytes>>,
     conn: Pin<Box<LinkConnection>>,
+    /// `conn` has finished (it must not be polled again).
+    ended: bool,
     /// The TLS generation it was made with.
     generation: u64,
 }
 
 /// Runs `fut` while driving `conn` (which does the reading and writing for it); an error if
-/// the connection ends first.
+/// the connection ends before `fut` is done (a connection can end in the same poll that
+/// delivers the answer's last bytes, as with `Connection: close`: `fut` is then done too).
 async fn drive<F: std::future::Future>(
     conn: &mut Pin<Box<LinkConnection>>,
+    ended: &mut bool,
     fut: F,
 ) -> Result<F::Output, String> {
-    tokio::select! {
-        biased;
-        out = fut => Ok(out),
-        end = conn.as_mut() => Err(match end {
-            Ok(()) => "the peer closed the connection".to_string(),
-            Err(e) => chain(&e),
-        }),
+    use futures::FutureExt;
+    tokio::pin!(fut);
+    if *ended {
+        // What the connection delivered before it ended may be all `fut` needs.
+        return fut
+            .now_or_never()
+            .ok_or_else(|| "the connection ended".to_string());
     }
+    let end = tokio::select! {
+        biased;
+        out = &mut fut => return Ok(out),
+        end = conn.as_mut() => end,
+    };
+    // Never polled again: the next call makes a new connection.
+    *ended = true;
+    if let Some(out) = fut.now_or_never() {
+        return Ok(out);
+    }
+    Err(match end {
+        Ok(()) => "the peer closed the connection".to_string(),
+        Err(e) => chain(&e),
+    })
 }
 
 impl Link {
@@ -427,7 +445,7 @@ impl Link {
                     self.open.insert(open)
                 }
             };
-            match drive(&mut open.conn, open.sender.ready())
+            match drive(&mut open.conn, &mut open.ended, open.sender.ready())
                 .await
                 .and_then(|r| r.map_err(|e| chain(&e)))
             {
@@ -441,16 +459,24 @@ impl Link {
             .header(hyper::header::HOST, self.addr.as_str())
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| network(e.to_string()))?;
-        let response = drive(&mut open.conn, open.sender.send_request(request))
-            .await
-            .and_then(|r| r.map_err(|e| chain(&e)))
-            .map_err(network)?;
+        let response = drive(
+            &mut open.conn,
+            &mut open.ended,
+            open.sender.send_request(request),
+        )
+        .await
+        .and_then(|r| r.map_err(|e| chain(&e)))
+        .map_err(network)?;
         let status = response.status();
-        let bytes = drive(&mut open.conn, response.into_body().collect())
-            .await
-            .and_then(|r| r.map_err(|e| chain(&e)))
-            .map_err(network)?
-            .to_bytes();
+        let bytes = drive(
+            &mut open.conn,
+            &mut open.ended,
+            response.into_body().collect(),
+        )
+        .await
+        .and_then(|r| r.map_err(|e| chain(&e)))
+        .map_err(network)?
+        .to_bytes();
         if !status.is_success() {
             return Err(network(format!(
                 "{status}: {}",
@@ -507,6 +533,7 @@ async fn connect(
     Ok(Open {
         sender,
         conn: Box::pin(conn),
+        ended: false,
         generation,
     })
 }
@@ -627,6 +654,66 @@ mod tests {
         let mut rpc = heartbeat(None);
         assert_eq!(hold_back_commit(&mut rpc, Some(id(2, 3))), None);
         assert_eq!(rpc.leader_commit, None);
+    }
+
+    /// A server that answers every POST with `n` (postcard), counting connections, and
+    /// closes each connection after one answer.
+    async fn one_shot_server() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) as u64;
+                let service = hyper::service::service_fn(move |_req| async move {
+                    let body = postcard::to_allocvec(&n).expect("encodes");
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                        body,
+                    ))))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .keep_alive(false)
+                        .serve_connection(TokioIo::new(tcp), service),
+                );
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_link_connects_again_when_the_peer_closed_its_connection() {
+        let (addr, accepted) = one_shot_server().await;
+        let peers = Peers::new(None).expect("client");
+        let mut link = Link::new(addr);
+        let timeout = Duration::from_secs(10);
+        for expected in 0..3u64 {
+            let got: u64 = link
+                .call(&peers, "/x", Vec::new(), timeout)
+                .await
+                .expect("answered");
+            assert_eq!(got, expected);
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_link_to_nothing_is_unreachable() {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+        let addr = free.local_addr().expect("addr").to_string();
+        drop(free);
+        let peers = Peers::new(None).expect("client");
+        let e = Link::new(addr)
+            .call::<u64>(&peers, "/x", Vec::new(), Duration::from_secs(10))
+            .await
+            .expect_err("nobody listens");
+        assert!(matches!(e, CallError::Unreachable { .. }), "{e}");
     }
 
     #[test]
