@@ -430,7 +430,7 @@ impl Link {
         if self
             .open
             .as_ref()
-            .is_some_and(|o| o.generation != generation)
+            .is_some_and(|o| o.ended || o.generation != generation)
         {
             self.open = None;
         }
