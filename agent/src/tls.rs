@@ -160,6 +160,30 @@ fn crls(
     Ok(crls)
 }
 
+/// This side's certificate chain (`tls_cert`) and key (`tls_key`).
+fn identity(
+    section: &str,
+    files: &TlsFiles,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), Error> {
+    let certs = certificates(section, "tls_cert", &files.cert)?;
+    let key_pem = read(section, "tls_key", &files.key)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| file_error(section, "tls_key", &files.key, e))?;
+    Ok((certs, key))
+}
+
+/// rustls refused `tls_cert` with `tls_key`.
+fn unusable_identity(section: &str, files: &TlsFiles, e: impl std::fmt::Display) -> Error {
+    Error::Config {
+        what: format!("[{section}] TLS"),
+        reason: format!(
+            "{} and {} do not make a usable certificate and key: {e}",
+            files.cert.display(),
+            files.key.display()
+        ),
+    }
+}
+
 /// One listener's TLS as loaded from its files: the config and the serials its CRL revokes.
 struct Loaded {
     config: Arc<ServerConfig>,
@@ -176,10 +200,7 @@ fn server_config(
     reloading: bool,
 ) -> Result<Loaded, Error> {
     let roots = roots(section, files)?;
-    let certs = certificates(section, "tls_cert", &files.cert)?;
-    let key_pem = read(section, "tls_key", &files.key)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| file_error(section, "tls_key", &files.key, e))?;
+    let (certs, key) = identity(section, files)?;
     let crls = crls(section, files)?;
     let mut revoked = HashSet::new();
     for crl in &crls {
@@ -217,13 +238,7 @@ fn server_config(
         .map_err(|e| config_error(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
-        .map_err(|e| {
-            config_error(format!(
-                "{} and {} do not make a usable certificate and key: {e}",
-                files.cert.display(),
-                files.key.display()
-            ))
-        })?;
+        .map_err(|e| unusable_identity(section, files, e))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Loaded {
         config: Arc::new(config),
@@ -434,10 +449,7 @@ pub(crate) fn peer_client(
 pub(crate) fn peer_client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, Error> {
     let section = "cluster";
     let roots = roots(section, files)?;
-    let certs = certificates(section, "tls_cert", &files.cert)?;
-    let key_pem = read(section, "tls_key", &files.key)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| file_error(section, "tls_key", &files.key, e))?;
+    let (certs, key) = identity(section, files)?;
     let config_error = |reason: String| Error::Config {
         what: format!("[{section}] TLS"),
         reason,
@@ -451,13 +463,7 @@ pub(crate) fn peer_client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, 
         .map_err(|e| config_error(e.to_string()))?
         .with_webpki_verifier(verifier)
         .with_client_auth_cert(certs, key)
-        .map_err(|e| {
-            config_error(format!(
-                "{} and {} do not make a usable certificate and key: {e}",
-                files.cert.display(),
-                files.key.display()
-            ))
-        })?;
+        .map_err(|e| unusable_identity(section, files, e))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -276,14 +276,27 @@ impl Connection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let reply: Result<Resp, RaftError<NodeId, E>> = self
+        let reply = self
             .peers
             .call(&self.node.peer_addr, path, req, option.hard_ttl())
-            .await
-            .map_err(|e| match e {
-                CallError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
-                CallError::Network { .. } => RPCError::Network(NetworkError::new(&e)),
-            })?;
+            .await;
+        self.rpc_result(reply)
+    }
+
+    /// openraft's view of a call's outcome: the transport's failure, or the remote's answer
+    /// (its error as this peer's).
+    #[allow(
+        clippy::result_large_err,
+        reason = "openraft's RPCError, which its RaftNetwork methods return"
+    )]
+    fn rpc_result<Resp, E: std::error::Error>(
+        &self,
+        reply: Result<Result<Resp, RaftError<NodeId, E>>, CallError>,
+    ) -> Result<Resp, RPCError<NodeId, Member, RaftError<NodeId, E>>> {
+        let reply = reply.map_err(|e| match e {
+            CallError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+            CallError::Network { .. } => RPCError::Network(NetworkError::new(&e)),
+        })?;
         reply.map_err(|e| {
             RPCError::RemoteError(RemoteError::new_with_node(
                 self.target,
@@ -307,21 +320,11 @@ impl Connection {
                 reason: format!("cannot encode the request: {e}"),
             }))
         })?;
-        let reply: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> = self
+        let reply = self
             .link
             .call(&self.peers, path::APPEND, body, option.hard_ttl())
-            .await
-            .map_err(|e| match e {
-                CallError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
-                CallError::Network { .. } => RPCError::Network(NetworkError::new(&e)),
-            })?;
-        reply.map_err(|e| {
-            RPCError::RemoteError(RemoteError::new_with_node(
-                self.target,
-                self.node.clone(),
-                e,
-            ))
-        })
+            .await;
+        self.rpc_result(reply)
     }
 }
 

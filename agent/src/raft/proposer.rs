@@ -15,11 +15,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use flotilla_state::Response;
 use flotilla_state::sessions::{Outcome, Proposal};
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::raft::ClientWriteResponse;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{Member, NodeId, Raft};
+use super::{Member, NodeId, Raft, TypeConfig};
 
 /// The most commands in one log entry.
 const MAX_BATCH: usize = 512;
@@ -124,11 +125,7 @@ impl Proposer {
         {
             let _in_flight = InFlight(self.in_flight.clone());
             let result = match self.raft.client_write_ff(vec![p]).await {
-                Ok(reply) => match reply.await {
-                    Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
-                    Ok(Err(e)) => Err(write_error(RaftError::APIError(e))),
-                    Err(_) => Err(ProposeError::Stopped("raft dropped the proposal".into())),
-                },
+                Ok(reply) => written(reply.await),
                 Err(e) => Err(ProposeError::Stopped(e.to_string())),
             };
             return result.and_then(|(outcomes, index)| {
@@ -197,11 +194,7 @@ async fn run(
             Ok(reply) => {
                 tokio::spawn(async move {
                     let _counted = counted;
-                    let result = match reply.await {
-                        Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
-                        Ok(Err(e)) => Err(write_error(RaftError::APIError(e))),
-                        Err(_) => Err(ProposeError::Stopped("raft dropped the proposal".into())),
-                    };
+                    let result = written(reply.await);
                     drop(permit);
                     answer(waiters, result);
                 });
@@ -228,6 +221,17 @@ fn answer(waiters: Vec<Waiter>, result: Result<(Vec<Outcome>, u64), ProposeError
                 let _ = w.send(Err(e.clone()));
             }
         }
+    }
+}
+
+/// What openraft's reply to a submitted batch says: its outcomes and log index, or why not.
+fn written<E>(
+    reply: Result<Result<ClientWriteResponse<TypeConfig>, ClientWriteError<NodeId, Member>>, E>,
+) -> Result<(Vec<Outcome>, u64), ProposeError> {
+    match reply {
+        Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
+        Ok(Err(e)) => Err(write_error(RaftError::APIError(e))),
+        Err(_) => Err(ProposeError::Stopped("raft dropped the proposal".into())),
     }
 }
 

@@ -48,7 +48,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -395,7 +395,10 @@ pub(crate) fn open(dir: &Path) -> Result<(Replayed, Files, Writer), Error> {
             .write(true)
             .open(&path)
             .map_err(io_error("open", &path))?;
-        let bytes = std::fs::read(&path).map_err(io_error("read", &path))?;
+        let mut bytes = Vec::new();
+        (&file)
+            .read_to_end(&mut bytes)
+            .map_err(io_error("read", &path))?;
         let (records, valid, bad) = parse(&bytes);
         if let Some(why) = &bad
             && !last
